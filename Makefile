@@ -1,0 +1,34 @@
+# turbo_ds: every dependency is installed by `make setup` into .venv (never by hand).
+PY     := .venv/bin/python
+PIP    := .venv/bin/pip
+STAMP  := .venv/.installed
+
+.PHONY: setup test lint format demo bench-model bench-data bench-train clean
+
+setup: $(STAMP)
+
+# torch/torchvision first and pinned: they lie on this machine's disk; letting the resolver pick
+# them alongside deepspeed could pull a multi-GB build from the registry.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install --quiet --upgrade pip 'setuptools>=68' wheel
+	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PIP) install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+bench-model: setup
+	$(PY) scripts/bench_model.py --preset cpu --json docs/bench_model.json
+
+clean:
+	rm -rf .venv build *.egg-info .pytest_cache
