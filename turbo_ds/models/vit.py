@@ -1,0 +1,147 @@
+"""VideoViT: a ViT over tubelet tokens with separable space-time position embeddings and token dropout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from turbo_ds.models.config import ViTConfig
+from turbo_ds.models.layers import Block, PatchEmbed3D, init_weights
+from turbo_ds.models.pos_embed import resize_spatial, resize_temporal, sincos_1d, sincos_2d
+from turbo_ds.models.token_dropout import TokenDropout, check_drop_ratio
+
+# (block, tokens) -> tokens; set by turbo_ds.engine.checkpointing so the model never imports deepspeed.
+CheckpointFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ViTOutput:
+    """What the encoder saw and produced.
+
+    tokens: (B, N_keep, D) final-normed patch tokens (no CLS), in `keep_idx` order; all N in eval.
+    pooled: (B, num_features) CLS or mean-pooled feature (after the optional projection).
+    keep_idx / drop_idx: sorted (B, N_keep) / (B, N_drop) indices into the flattened (T', H', W') grid,
+        None when nothing was dropped (eval mode or drop_ratio 0).
+    grid: the (T', H', W') token grid of this input.
+    """
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+    keep_idx: torch.Tensor | None
+    drop_idx: torch.Tensor | None
+    grid: tuple[int, int, int]
+
+
+class VideoViT(nn.Module):
+    """Video Transformer for (B, C, T, H, W) clips; any T, H, W divisible by the tubelet/patch size."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.patch_embed = PatchEmbed3D(cfg.in_chans, d, cfg.patch_size, cfg.tubelet_size, cfg.patch_bias)
+        t, h, w = cfg.grid
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.pool == "cls" else None
+        if cfg.pos_embed == "learned":
+            self.pos_embed_spatial = nn.Parameter(torch.zeros(1, h * w, d))
+            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, t, d))
+            self.pos_embed_cls = nn.Parameter(torch.zeros(1, 1, d)) if cfg.pool == "cls" else None
+        else:
+            self.pos_embed_spatial = self.pos_embed_temporal = self.pos_embed_cls = None
+        self.token_dropout = TokenDropout(cfg.drop_ratio, cfg.drop_strategy)
+        self.norm_pre = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist() if cfg.depth else []
+        self.blocks = nn.ModuleList(
+            Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, r, cfg.norm_eps, cfg.act) for r in rates
+        )
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.proj = nn.Linear(d, cfg.proj_dim, bias=False) if cfg.proj_dim else None
+        self.head = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes else None
+        self.checkpoint_fn: CheckpointFn | None = None
+        self.checkpoint_blocks = 0
+
+        self.apply(init_weights)
+        for p in (self.cls_token, self.pos_embed_spatial, self.pos_embed_temporal, self.pos_embed_cls):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
+
+    # ---- configuration -------------------------------------------------------------------------
+    @property
+    def drop_ratio(self) -> float:
+        return self.token_dropout.drop_ratio
+
+    def set_drop_ratio(self, drop_ratio: float) -> None:
+        """Change the training-time token dropout ratio (e.g. 0 for a final dense phase)."""
+        self.token_dropout.drop_ratio = check_drop_ratio(drop_ratio)
+
+    def set_checkpointing(self, fn: CheckpointFn | None, num_blocks: int) -> None:
+        """Run the first `num_blocks` blocks through `fn(block, x)` when gradients are enabled."""
+        if not 0 <= num_blocks <= len(self.blocks):
+            raise ValueError(f"num_blocks must be in [0, {len(self.blocks)}], got {num_blocks}")
+        self.checkpoint_fn, self.checkpoint_blocks = fn, num_blocks
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that conventionally get no weight decay."""
+        names = {"cls_token", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_cls"}
+        return {n for n, _ in self.named_parameters() if n in names}
+
+    # ---- forward ---------------------------------------------------------------------------------
+    def check_input(self, video: torch.Tensor) -> None:
+        """Raise ValueError unless `video` is (B, in_chans, T, H, W) with divisible T, H, W."""
+        cfg = self.cfg
+        if video.ndim != 5 or video.shape[1] != cfg.in_chans:
+            raise ValueError(
+                f"expected video of shape (B, {cfg.in_chans}, T, H, W), got {tuple(video.shape)}"
+            )
+        _, _, t, h, w = video.shape
+        if t % cfg.tubelet_size or h % cfg.patch_size or w % cfg.patch_size:
+            raise ValueError(
+                f"video shape {tuple(video.shape)}: T must be a multiple of tubelet_size {cfg.tubelet_size} "
+                f"and H, W multiples of patch_size {cfg.patch_size}"
+            )
+
+    def pos_embed(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """(1, T'*H'*W', D) position embedding for `grid`: spatial table + temporal table, broadcast."""
+        t, h, w = grid
+        d = self.cfg.embed_dim
+        if self.pos_embed_spatial is None:
+            ref = self.patch_embed.proj.weight
+            spatial = sincos_2d(d, h, w).to(ref.device, ref.dtype)[None]
+            temporal = sincos_1d(d, torch.arange(t)).to(ref.device, ref.dtype)[None]
+        else:
+            _, gh, gw = self.cfg.grid
+            spatial = resize_spatial(self.pos_embed_spatial, (gh, gw), (h, w))
+            temporal = resize_temporal(self.pos_embed_temporal, t)
+        return (temporal[:, :, None, :] + spatial[:, None, :, :]).reshape(1, t * h * w, d)
+
+    def forward_features(self, video: torch.Tensor) -> ViTOutput:
+        self.check_input(video)
+        x, grid = self.patch_embed(video)
+        x = x + self.pos_embed(grid)
+        x, keep_idx, drop_idx = self.token_dropout(x, grid)
+        if self.cls_token is not None:
+            cls = self.cls_token if self.pos_embed_cls is None else self.cls_token + self.pos_embed_cls
+            x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.norm_pre(x)
+        use_ckpt = self.checkpoint_fn is not None and torch.is_grad_enabled()
+        for i, block in enumerate(self.blocks):
+            x = self.checkpoint_fn(block, x) if use_ckpt and i < self.checkpoint_blocks else block(x)
+        x = self.norm(x)
+        if self.cls_token is not None:
+            pooled, tokens = x[:, 0], x[:, 1:]
+        else:
+            tokens = x
+            pooled = tokens.mean(dim=1)
+        if self.proj is not None:
+            pooled = self.proj(pooled)
+        return ViTOutput(tokens, pooled, keep_idx, drop_idx, grid)
+
+    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.head(pooled) if self.head is not None else pooled
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes), or pooled features (B, num_features) when there is no head."""
+        return self.forward_head(self.forward_features(video).pooled)
