@@ -1,0 +1,89 @@
+"""Process-group setup shared by ``deepspeed``, ``torchrun`` and plain ``python`` launches.
+
+Rank and world come from the environment (RANK / WORLD_SIZE / LOCAL_RANK, set by both launchers);
+a plain ``python`` run gets a single-process group on a free local port. The backend is NCCL on CUDA
+and gloo on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(timeout_minutes: int = 30) -> tuple[int, int]:
+    """Initialise the default process group once (via deepspeed.comm); returns (rank, world_size)."""
+    import datetime
+
+    import deepspeed
+    import deepspeed.comm as dist
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("LOCAL_RANK", "0")
+    accel = get_accelerator()
+    on_cuda = accel.device_name() == "cuda"
+    if on_cuda:
+        accel.set_device(env_local_rank())
+    else:
+        # Several CPU ranks on one machine: share the cores instead of oversubscribing them.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "0")) or 0)
+        if local_world <= 0:
+            local_world = env_world_size()
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if on_cuda else "gloo"
+        deepspeed.init_distributed(
+            dist_backend=backend,
+            auto_mpi_discovery=False,
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+        )
+    return dist.get_rank(), dist.get_world_size()
+
+
+def device() -> torch.device:
+    from deepspeed.accelerator import get_accelerator
+
+    accel = get_accelerator()
+    if accel.device_name() == "cuda":
+        return torch.device("cuda", env_local_rank())
+    return torch.device("cpu")
+
+
+def bf16_supported() -> bool:
+    """bf16 only where it is fast: CUDA with native support (the CPU runs fp32)."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def destroy() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
