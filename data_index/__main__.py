@@ -1,0 +1,3 @@
+from data_index.cli import main
+
+raise SystemExit(main())

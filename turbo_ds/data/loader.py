@@ -1,0 +1,136 @@
+"""build_dataloader: the one entry point the trainer calls."""
+
+from __future__ import annotations
+
+import os
+
+from torch.utils.data import DataLoader
+
+from turbo_ds.data.dataset import VideoDataset, collate_samples
+from turbo_ds.data.errors import FailureLog
+from turbo_ds.data.sampler import ShardedSampler
+from turbo_ds.data.sampling import FrameSampler
+from turbo_ds.data.schema import VideoIndex
+from turbo_ds.data.transforms import ClipTransform
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that tells its :class:`ShardedSampler` how many samples were consumed, so
+    ``loader.sampler.state_dict()`` is exact even with workers prefetching ahead."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.sampler.advance(len(batch["sample_idx"]))
+            yield batch
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def failure_summary(self) -> dict:
+        return self.dataset.failures.summary()
+
+
+def build_dataloader(
+    index_path: str | os.PathLike,
+    *,
+    root: str | os.PathLike | None = None,
+    split: str | None = "train",
+    sampler: str = "dense",
+    num_frames: int = 16,
+    stride: int | None = 4,
+    num_clips: int = 1,
+    num_crops: int = 1,
+    img_size: int = 224,
+    train: bool = True,
+    batch_size: int = 8,
+    num_workers: int = 4,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    backend: str = "decord",
+    hflip: float = 0.0,
+    scale: tuple[float, float] = (0.35, 1.0),
+    max_failures: int | float = 0.05,
+    failure_log_dir: str | os.PathLike | None = None,
+    prefetch_factor: int | None = 2,
+    persistent_workers: bool | None = None,
+    pin_memory: bool = False,
+    drop_last: bool | None = None,
+    with_text: bool | None = None,
+    with_segments: bool | None = None,
+    decode_resize: bool = True,
+) -> ResumableDataLoader:
+    """DataLoader over one split of a Parquet video index, sharded for ``rank`` of ``world_size``.
+
+    Args:
+        index_path: the ``.parquet`` index (``python -m data_index build`` / ``demo``).
+        root: directory the index's relative ``path`` column is relative to (default: index's folder).
+        split: rows with this ``split`` value ("train", "val", ...); None = all rows.
+        sampler: "dense" (``num_frames`` every ``stride`` frames; random temporal crop when ``train``,
+            centre otherwise), "uniform" (``num_frames`` equal segments, one frame each; long videos,
+            adds ``segments``/``segment_text``/``frame_times`` to items), "caption" (a clip around one
+            caption; ``stride`` None covers the caption span uniformly; adds ``text``), "multiview"
+            (``num_clips`` clips x ``num_crops`` (1 or 3) spatial crops: ``video`` is (V, C, T, H, W)).
+        img_size: output height = width. Train: random resized crop (``scale``), flip with probability
+            ``hflip`` (default 0: direction-sensitive labels). Eval: short side to img_size*256/224,
+            centre crop. Frames are decoded at reduced size by the backend.
+        train: training mode (shuffle, random crops, ``drop_last`` default True) or eval (fixed order,
+            deterministic crops, every sample exactly once over all ranks).
+        batch_size: per rank. num_workers: DataLoader workers (0 = in-process).
+        rank, world_size: this process's share; ``seed``: shuffle and augmentation seed.
+        backend: "decord" (PyAV fallback on failure), "pyav", or "auto".
+        max_failures: cap on distinct videos that fail to decode on this rank before
+            ``TooManyFailuresError``: an int count, or a float in (0, 1) as a fraction of the split.
+        failure_log_dir: where the per-rank ``decode_failures.rank{R}.jsonl`` goes (default: a temp dir);
+            ``loader.failure_summary()`` reads it.
+
+    Returns a :class:`ResumableDataLoader` yielding dicts ``{"video": float32 (B, C, T, H, W),
+    "label": long (B,), "video_id": list[str], "sample_idx": long (B,)}`` (+ extras above). Its
+    ``sampler`` is a :class:`ShardedSampler` with ``set_epoch(e)``, ``state_dict()``,
+    ``load_state_dict(state)``; ``loader.set_epoch``/``state_dict``/``load_state_dict`` forward to it.
+    Mid-epoch resume: save ``loader.state_dict()``, later ``load_state_dict(state)`` and
+    ``set_epoch(state["epoch"])``; iteration yields exactly the samples not consumed yet.
+    """
+    index = VideoIndex(index_path, root=root, split=split)
+    frame_sampler = FrameSampler(kind=sampler, num_frames=num_frames, stride=stride, num_clips=num_clips)
+    transform = ClipTransform(img_size=img_size, train=train, scale=scale, hflip=hflip, num_crops=num_crops)
+    if isinstance(max_failures, float) and 0 < max_failures < 1:
+        cap = max(1, int(max_failures * len(index)))
+    else:
+        cap = int(max_failures)
+    failures = FailureLog(cap, failure_log_dir, rank=rank)
+    dataset = VideoDataset(
+        index,
+        frame_sampler,
+        transform,
+        train=train,
+        seed=seed,
+        backend=backend,
+        decode_resize=decode_resize,
+        with_text=with_text,
+        with_segments=with_segments,
+        failures=failures,
+    )
+    drop_last = train if drop_last is None else drop_last
+    shard = ShardedSampler(
+        len(dataset), rank=rank, world_size=world_size, shuffle=train, seed=seed, drop_last=drop_last
+    )
+    if persistent_workers is None:
+        persistent_workers = num_workers > 0
+    return ResumableDataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=shard,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        persistent_workers=persistent_workers and num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+    )
