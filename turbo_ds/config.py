@@ -121,7 +121,7 @@ class DataConfig:
     val_split: str = "val"
     """Split evaluated every ``train.eval_every`` steps."""
     test_split: str | None = None
-    """Split evaluated at the end with ``test_views`` views; None = skip."""
+    """Split evaluated at the end with ``test_clips`` x ``test_crops`` views; None = skip."""
     num_classes: int = 0
     """Number of labels (0 = read from the index)."""
     num_frames: int = 8
@@ -134,8 +134,14 @@ class DataConfig:
     """DataLoader worker processes per rank."""
     eval_batch_size: int | None = None
     """Per-rank evaluation batch size; None = ``optim.micro_batch_size``."""
-    test_views: int = 1
-    """Temporal x spatial views averaged per video in test evaluation."""
+    test_clips: int = 1
+    """Temporal clips per video in test evaluation (predictions averaged over clips x crops)."""
+    test_crops: int = 1
+    """Spatial crops per clip in test evaluation: 1 (centre) or 3."""
+    hflip: float = 0.0
+    """Horizontal flip probability in training (0 for direction-sensitive labels, e.g. SSv2)."""
+    backend: str = "auto"
+    """Video decoder: decord (PyAV fallback), pyav or auto."""
     max_failures: int = 100
     """Broken videos tolerated before the run stops."""
 
@@ -147,7 +153,10 @@ class DataConfig:
         _check(self.img_size > 0, "data.img_size", self.img_size, "must be > 0")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
         _check(self.eval_batch_size is None or self.eval_batch_size > 0, "data.eval_batch_size", self.eval_batch_size, "must be > 0")
-        _check(self.test_views >= 1, "data.test_views", self.test_views, "must be >= 1")
+        _check(self.test_clips >= 1, "data.test_clips", self.test_clips, "must be >= 1")
+        _check(self.test_crops in (1, 3), "data.test_crops", self.test_crops, "must be 1 or 3")
+        _check(0.0 <= self.hflip <= 1.0, "data.hflip", self.hflip, "must be in [0, 1]")
+        _check(self.backend in ("decord", "pyav", "auto"), "data.backend", self.backend, "must be decord, pyav or auto")
         _check(self.max_failures >= 0, "data.max_failures", self.max_failures, "must be >= 0")
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,6 @@ from turbo_ds.engine.ds_config import fill_ds_config, offloads_optimizer, precis
 from turbo_ds.engine.optim import WarmupCosineSchedule, param_groups
 
 LATEST = "latest"
-
-
-def configure_activation_checkpointing(ds_config: dict[str, Any]) -> bool:
-    """Configure deepspeed's activation checkpointing from the ds_config section; returns cpu offload."""
-    section = ds_config.get("activation_checkpointing", {})
-    deepspeed.checkpointing.configure(None, deepspeed_config=ds_config)
-    return bool(section.get("cpu_checkpointing", False))
 
 
 class Engine:
@@ -61,7 +55,11 @@ class Engine:
         cfg: TrainConfig,
         ds_config: str | Path | dict[str, Any],
     ) -> Engine:
-        """Initialise distributed (if needed), resolve the ds_config against ``cfg``, wrap ``module``."""
+        """Initialise distributed (if needed), resolve the ds_config against ``cfg``, wrap ``module``.
+
+        (The trainer does these steps itself so it can configure activation checkpointing from the
+        resolved ds_config before wrapping.)
+        """
         distributed.init_distributed()
         resolved = resolve_ds_config(ds_config, cfg, dist.get_world_size())
         return cls(module, resolved, cfg)
@@ -203,3 +201,14 @@ def resolve_ds_config(ds_config: str | Path | dict[str, Any], cfg: TrainConfig, 
     if zero_stage(resolved) == 0 and resolved.get("zero_optimization", {}).get("offload_optimizer"):
         raise ValueError("ds_config offloads the optimizer at ZeRO stage 0; offload needs stage >= 1")
     return resolved
+
+
+@contextlib.contextmanager
+def gathered_parameters(engine: Engine):
+    """Yield the module's full parameters (gathered from their ZeRO-3 partitions when needed)."""
+    params = list(engine.module.parameters())
+    if zero_stage(engine.ds_config) == 3:
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            yield params
+    else:
+        yield params

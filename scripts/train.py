@@ -1,0 +1,20 @@
+#!/usr/bin/env python
+"""Train with DeepSpeed: a thin entry point over ``turbo_ds.trainer.main``.
+
+    deepspeed --num_gpus 2 scripts/train.py --ds_config ds_configs/zero2.json \
+        --config configs/demo_classification.yaml [--set optim.lr=1e-3 ...] [--resume latest]
+    torchrun --nproc_per_node 2 scripts/train.py ...      # same flags
+    python scripts/train.py ...                           # one process
+
+Rank and world size come from the launcher's environment. See docs/training.md.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from turbo_ds.trainer import main  # noqa: E402
+
+if __name__ == "__main__":
+    main()
