@@ -476,3 +476,84 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     trainer = Trainer(cfg, args.ds_config, resume=args.resume)
     return trainer.fit()
+
+
+# --------------------------------------------------------------------------- evaluation CLI
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Evaluate a turbo_ds checkpoint or exported weights on a split.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="DeepSpeed checkpoint folder (with 'latest') or a tag folder")
+    src.add_argument("--weights", help="file written by scripts/export.py")
+    p.add_argument("--config", default=None, help="experiment YAML (default: the config stored with the weights)")
+    p.add_argument("--ds_config", default=str(Path(__file__).resolve().parents[1] / "ds_configs" / "zero0.json"))
+    p.add_argument("--split", default=None, help="split to evaluate (default: data.test_split, else data.val_split)")
+    p.add_argument("--clips", type=int, default=None, help="temporal views (default: data.test_clips)")
+    p.add_argument("--crops", type=int, default=None, help="spatial views, 1 or 3 (default: data.test_crops)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--output_dir", default=None, help="where eval_metrics.json and the MLflow store go")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def eval_main(argv: list[str] | None = None) -> dict[str, float]:
+    """Consolidate weights (any ZeRO stage / world size), evaluate with all tokens, print and log."""
+    import dataclasses
+
+    from turbo_ds.config import config_from_dict
+    from turbo_ds.engine import distributed
+    from turbo_ds.engine.engine import Engine, resolve_ds_config
+    from turbo_ds.engine.export import ENCODER_PREFIX, consolidate
+    from turbo_ds.tasks import build_task
+    from turbo_ds.tracking import create_tracker, write_json
+
+    args = build_eval_parser().parse_args(argv)
+    if args.weights:
+        data = torch.load(args.weights, map_location="cpu", weights_only=False)
+        stored_cfg = data["train_config"]
+        sd = {ENCODER_PREFIX + k: v for k, v in data["state_dict"].items()}
+        num_classes = data["vit_config"]["num_classes"]
+        source = args.weights
+    else:
+        sd, client = consolidate(args.checkpoint)
+        stored_cfg = client["config"]
+        num_classes = sd[ENCODER_PREFIX + "head.weight"].shape[0]
+        source = args.checkpoint
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    else:
+        from turbo_ds.config import apply_overrides
+
+        cfg = config_from_dict(apply_overrides(stored_cfg, args.overrides))
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, pretrained=None, activation_checkpointing="none"),
+        pmae=dataclasses.replace(cfg.pmae, enabled=False),
+        output_dir=args.output_dir or cfg.output_dir,
+        data=dataclasses.replace(cfg.data, test_clips=args.clips or cfg.data.test_clips, test_crops=args.crops or cfg.data.test_crops),
+    )
+    split = args.split or cfg.data.test_split or cfg.data.val_split
+    rank, world = distributed.init_distributed()
+    ds = resolve_ds_config(args.ds_config, cfg, world)
+    task = build_task(cfg, num_classes)
+    missing, unexpected = task.load_state_dict({k: v for k, v in sd.items() if not k.startswith("model.pmae.")}, strict=False)
+    missing = [k for k in missing if not k.startswith("model.pmae.")]
+    if missing or unexpected:
+        raise ValueError(f"weights from {source} do not fit the model: missing {missing}, unexpected {unexpected}")
+    engine = Engine(task, ds, cfg)
+    out_dir = Path(cfg.output_dir)
+    loader = build_loader(cfg, split, "test", rank, world, out_dir)
+    views = cfg.data.test_clips * cfg.data.test_crops
+    metrics = evaluate(engine, loader, prefix=f"eval_{split}")
+    metrics[f"eval_{split}/views"] = float(views)
+    if engine.is_rank_0:
+        print(f"[turbo_ds] {source} on '{split}' ({int(metrics[f'eval_{split}/num_samples'])} videos, {views} view(s)): "
+              f"top-1 {metrics.get(f'eval_{split}/top1', float('nan')):.2f}% top-5 {metrics.get(f'eval_{split}/top5', float('nan')):.2f}%", flush=True)
+        write_json(metrics, out_dir / f"eval_{split}_metrics.json")
+    t = cfg.tracking
+    tracker = create_tracker(t.enabled, engine.is_rank_0, out_dir, t.experiment, f"eval-{Path(source).name}-{split}", t.tracking_uri)
+    tracker.log_params({"eval.source": source, "eval.split": split, "eval.views": views, "world_size": world})
+    tracker.log_metrics(metrics, step=0)
+    tracker.finish()
+    return metrics
