@@ -23,7 +23,11 @@ def make_act(name: str) -> nn.Module:
 
 
 class PatchEmbed3D(nn.Module):
-    """Conv3d over non-overlapping `tubelet x patch x patch` cubes: (B, C, T, H, W) -> (B, N, D)."""
+    """Conv3d over non-overlapping `tubelet x patch x patch` cubes: (B, C, T, H, W) -> (B, N, D).
+
+    With `keep_idx`, only the kept cubes are embedded (as one matmul with the same kernel), so that
+    token dropout also saves the embedding's compute.
+    """
 
     def __init__(self, in_chans: int, embed_dim: int, patch_size: int, tubelet_size: int, bias: bool = True):
         super().__init__()
@@ -32,10 +36,20 @@ class PatchEmbed3D(nn.Module):
         kernel = (tubelet_size, patch_size, patch_size)
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel, bias=bias)
 
-    def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        x = self.proj(video)
-        grid = tuple(x.shape[2:])
-        return x.flatten(2).transpose(1, 2), grid
+    def grid(self, video: torch.Tensor) -> tuple[int, int, int]:
+        _, _, t, h, w = video.shape
+        return t // self.tubelet_size, h // self.patch_size, w // self.patch_size
+
+    def forward(self, video: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        if keep_idx is None:
+            return self.proj(video).flatten(2).transpose(1, 2)
+        b, c = video.shape[:2]
+        (t, h, w), tt, p = self.grid(video), self.tubelet_size, self.patch_size
+        cubes = (
+            video.reshape(b, c, t, tt, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, t * h * w, -1)
+        )
+        cubes = torch.gather(cubes, 1, keep_idx.unsqueeze(-1).expand(-1, -1, cubes.shape[-1]))
+        return F.linear(cubes, self.proj.weight.flatten(1), self.proj.bias)  # kernel is (D, c*t*p*p)
 
 
 class Attention(nn.Module):

@@ -86,15 +86,21 @@ class TokenDropout(nn.Module):
         self.drop_ratio = check_drop_ratio(drop_ratio)
         self.strategy = strategy
 
+    def sample(
+        self, batch: int, grid: Grid, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(keep_idx, drop_idx) for a batch, or (None, None) in eval mode or at ratio 0."""
+        if not self.training or self.drop_ratio == 0.0:
+            return None, None
+        return token_dropout_indices(batch, grid, self.drop_ratio, self.strategy, device=device)
+
     def forward(
         self, x: torch.Tensor, grid: Grid
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """x (B, N, D) patch tokens -> (kept tokens, keep_idx, drop_idx); indices are None if no drop."""
-        if not self.training or self.drop_ratio == 0.0:
+        keep_idx, drop_idx = self.sample(x.shape[0], grid, x.device)
+        if keep_idx is None:
             return x, None, None
-        keep_idx, drop_idx = token_dropout_indices(
-            x.shape[0], grid, self.drop_ratio, self.strategy, device=x.device
-        )
         return gather_tokens(x, keep_idx), keep_idx, drop_idx
 
     def extra_repr(self) -> str:

@@ -11,7 +11,7 @@ from torch import nn
 from turbo_ds.models.config import ViTConfig
 from turbo_ds.models.layers import Block, PatchEmbed3D, init_weights
 from turbo_ds.models.pos_embed import resize_spatial, resize_temporal, sincos_1d, sincos_2d
-from turbo_ds.models.token_dropout import TokenDropout, check_drop_ratio
+from turbo_ds.models.token_dropout import TokenDropout, check_drop_ratio, gather_tokens
 
 # (block, tokens) -> tokens; set by turbo_ds.engine.checkpointing so the model never imports deepspeed.
 CheckpointFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -119,9 +119,12 @@ class VideoViT(nn.Module):
 
     def forward_features(self, video: torch.Tensor) -> ViTOutput:
         self.check_input(video)
-        x, grid = self.patch_embed(video)
-        x = x + self.pos_embed(grid)
-        x, keep_idx, drop_idx = self.token_dropout(x, grid)
+        grid = self.patch_embed.grid(video)
+        # Drop before embedding: dropped tubelets cost neither the projection nor memory.
+        keep_idx, drop_idx = self.token_dropout.sample(video.shape[0], grid, video.device)
+        x = self.patch_embed(video, keep_idx)
+        pos = self.pos_embed(grid)
+        x = x + (pos if keep_idx is None else gather_tokens(pos.expand(x.shape[0], -1, -1), keep_idx))
         if self.cls_token is not None:
             cls = self.cls_token if self.pos_embed_cls is None else self.cls_token + self.pos_embed_cls
             x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
