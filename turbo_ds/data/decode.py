@@ -14,6 +14,9 @@ from fractions import Fraction
 import numpy as np
 
 BACKENDS = ("decord", "pyav", "auto")
+# Output widths decord 0.6 cannot copy out (its row padding breaks the copy: e.g. 16, 24, 48, 72 px);
+# learnt per process so later samples at that width go straight to PyAV.
+_DECORD_BAD_WIDTHS: set[int] = set()
 
 
 class DecodeError(RuntimeError):
@@ -46,6 +49,21 @@ def _frame_index(pts: int | None, time_base: Fraction, start: float, fps: float)
     return int(round(t * fps))
 
 
+def _safe_decode(container, stream):
+    """Decoded frames until the end or the first decoding error (a truncated or corrupt tail)."""
+    import av
+
+    it = container.decode(stream)
+    while True:
+        try:
+            frame = next(it)
+        except StopIteration:
+            return
+        except av.error.FFmpegError:
+            return
+        yield frame
+
+
 def probe_video(path: str, exact: bool = True) -> VideoMeta:
     """Metadata with PyAV. With ``exact``, the frame count is checked by demuxing every packet and
     decoding the last GOP, so it counts frames that really decode (a truncated file counts less)."""
@@ -67,18 +85,21 @@ def probe_video(path: str, exact: bool = True) -> VideoMeta:
                 n = reported or int(round(dur * fps))
                 return VideoMeta(n, fps, n / fps, width, height)
             n_packets, last_key_pts, packets_before_last_key = 0, None, 0
-            for packet in container.demux(stream):
-                if packet.size == 0 or packet.pts is None and packet.dts is None:
-                    continue
-                if packet.is_keyframe:
-                    last_key_pts, packets_before_last_key = packet.pts, n_packets
-                n_packets += 1
+            try:
+                for packet in container.demux(stream):
+                    if packet.size == 0 or packet.pts is None and packet.dts is None:
+                        continue
+                    if packet.is_keyframe:
+                        last_key_pts, packets_before_last_key = packet.pts, n_packets
+                    n_packets += 1
+            except av.error.FFmpegError:
+                pass  # truncated: count what demuxes
             if n_packets == 0 or last_key_pts is None:
                 raise DecodeError(path, "no-frames")
             container.seek(last_key_pts, stream=stream, backward=True, any_frame=False)
             tail = 0
             last_idx = -1
-            for frame in container.decode(stream):
+            for frame in _safe_decode(container, stream):
                 tail += 1
                 last_idx = max(last_idx, _frame_index(frame.pts, tb, start, fps))
             n = min(n_packets, packets_before_last_key + tail)
@@ -167,7 +188,7 @@ def decode_pyav(path: str, indices, num_frames: int | None = None, size: tuple[i
                 ts = int((start + target / fps) / tb)
                 container.seek(max(ts, 0), stream=stream, backward=True, any_frame=False)
             progressed = found_since_seek = False
-            for frame in container.decode(stream):
+            for frame in _safe_decode(container, stream):
                 fi = _frame_index(frame.pts, tb, start, fps)
                 last = fi
                 progressed = True
@@ -216,14 +237,16 @@ def decode_frames(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown decoder backend {backend!r}; choose from {BACKENDS}")
-    if backend == "pyav":
+    if backend == "pyav" or (fallback and size is not None and size[0] in _DECORD_BAD_WIDTHS):
         return decode_pyav(path, indices, num_frames, size), "pyav"
     try:
         return decode_decord(path, indices, num_frames, size), "decord"
     except DecodeError as e:
         if e.reason in ("missing", "zero-byte") or not (fallback or backend == "auto"):
             raise
+        if size is not None and "size must exactly match" in e.detail:
+            _DECORD_BAD_WIDTHS.add(size[0])
         try:
             return decode_pyav(path, indices, num_frames, size), "pyav"
         except DecodeError as e2:
-            raise DecodeError(path, e2.reason, f"decord: {e.detail}; pyav: {e2.detail}") from e2
+            raise DecodeError(path, e2.reason, f"{e.detail}; {e2.detail}") from e2
