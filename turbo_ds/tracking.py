@@ -97,8 +97,15 @@ class MlflowTracker(NullTracker):
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
         else:
             self.experiment_id = exp.experiment_id
+        run = None
         if run_id is not None:
-            run = self.client.get_run(run_id)
+            from mlflow.exceptions import MlflowException
+
+            try:
+                run = self.client.get_run(run_id)
+            except MlflowException:
+                print(f"[turbo_ds] MLflow run {run_id} is not in {tracking_uri}; starting a new run", flush=True)
+        if run is not None:
             if run.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id

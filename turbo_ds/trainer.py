@@ -434,6 +434,8 @@ class Trainer:
         final["train/nonfinite_total"] = float(self.nonfinite_total)
         final["params_checksum"] = self.params_checksum()
         self.tracker.log_metrics({k: v for k, v in final.items() if k.startswith(("val/", "test/"))}, step=self.step)
+        losses = [rec["train/loss"] for rec in history if "train/loss" in rec]
+        write_json({"rank": self.rank, "params_checksum": final["params_checksum"], "train_loss": losses, "steps": [rec["step"] for rec in history]}, self.out_dir / f"rank_summary_{self.rank}.json")
         if self.is_rank_0:
             write_json(final, self.out_dir / "final_metrics.json")
             with open(self.out_dir / "history.jsonl", "a") as f:
