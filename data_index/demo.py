@@ -64,22 +64,22 @@ SIZES = {
 
 def _glyph(digit: int, size: int) -> np.ndarray:
     """Float mask (h, w) of a digit, about 45% of the frame tall."""
-    font = ImageFont.load_default(size=max(8, int(size * 0.5)))
+    font = ImageFont.load_default(size=max(8, int(size * 0.6)))
     img = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(img)
-    box = draw.textbbox((0, 0), str(digit), font=font, stroke_width=1)
-    draw.text((-box[0], -box[1]), str(digit), fill=255, font=font, stroke_width=1)
+    box = draw.textbbox((0, 0), str(digit), font=font, stroke_width=max(1, size // 24))
+    draw.text((-box[0], -box[1]), str(digit), fill=255, font=font, stroke_width=max(1, size // 24))
     mask = np.asarray(img, dtype=np.float32)[: box[3] - box[1], : box[2] - box[0]] / 255.0
     return mask
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Smooth random colour texture plus stripes, (size, size, 3) float."""
-    coarse = rng.uniform(30, 200, size=(6, 6, 3)).astype(np.float32)
+    coarse = rng.uniform(60, 160, size=(6, 6, 3)).astype(np.float32)
     img = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.BICUBIC), np.float32)
     yy, xx = np.mgrid[0:size, 0:size]
     angle, freq = rng.uniform(0, np.pi), rng.uniform(0.2, 0.6)
-    stripes = 20 * np.sin(freq * (np.cos(angle) * xx + np.sin(angle) * yy))
+    stripes = 12 * np.sin(freq * (np.cos(angle) * xx + np.sin(angle) * yy))
     return np.clip(img + stripes[..., None], 0, 255)
 
 
@@ -94,7 +94,7 @@ def render_clip(
     layer = np.zeros((size, size), np.float32)
     layer[:gh, :gw] = glyph
     bg = _background(rng, size)
-    speed = rng.uniform(1.5, 2.5) * size / 64
+    speed = rng.uniform(2.5, 3.5) * size / 64
     pos = rng.uniform(0, size, size=2)  # (x, y)
     col = np.array(COLOURS[colour], np.float32)
     frames = []
@@ -104,7 +104,7 @@ def render_clip(
             mask = np.roll(layer, (int(round(pos[1])) % size, int(round(pos[0])) % size), axis=(0, 1))[
                 ..., None
             ]
-            frame = bg * (1 - mask) + col * mask + rng.normal(0, 12, size=(size, size, 3))
+            frame = bg * (1 - mask) + col * mask + rng.normal(0, 8, size=(size, size, 3))
             frames.append(np.clip(frame, 0, 255).astype(np.uint8))
             pos += (vx * speed, vy * speed)
     return np.stack(frames), {"digit": digit, "colour": colour}
