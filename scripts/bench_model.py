@@ -1,0 +1,263 @@
+"""Benchmark one training step (forward + backward + AdamW step) of VideoViT with token dropout,
+Partial-MAE and activation checkpointing. A benchmark, not a test.
+
+Every configuration runs in a fresh subprocess (so its peak RSS is its own on CPU; on GPU the CUDA
+allocator's peak is used). Rounds interleave the configurations, alternating their order, so that
+load from other processes on a shared machine hits every configuration alike; the step time is the
+median over all timed steps of all rounds.
+
+    python scripts/bench_model.py --preset cpu --json docs/bench_model.json
+    python scripts/bench_model.py --preset gpu --json bench_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+PRESETS = {
+    # CPU-sized: ViT-S/16 on 16 x 112^2 clips (8 x 7 x 7 = 392 tokens).
+    "cpu": dict(
+        models=["vit_small_patch16"], frames=16, img_size=112, batch_size=8, warmup=2, steps=3, rounds=2
+    ),
+    "gpu": dict(
+        models=["vit_small_patch16", "vit_base_patch16"],
+        frames=16,
+        img_size=224,
+        batch_size=8,
+        warmup=3,
+        steps=10,
+        rounds=1,
+    ),  # fmt: skip
+    # Seconds-long smoke run of the script itself.
+    "debug": dict(models=["vit_debug"], frames=4, img_size=32, batch_size=2, warmup=1, steps=2, rounds=1),
+}
+DROP_RATIOS = [0.0, 0.5, 0.75, 0.9]
+PMAE_RATIOS = [0.0, 0.25, 1.0]  # 0 = Partial-MAE off
+CHECKPOINTING = ["off", "all"]
+
+
+def run_config(cfg: dict) -> dict:
+    """Build the model and optimizer, time `steps` steps after `warmup`, and measure peak memory."""
+    import torch
+
+    from turbo_ds.engine.checkpointing import apply_activation_checkpointing
+    from turbo_ds.models import PartialMAE, TurboModel, create_model
+
+    torch.manual_seed(0)
+    device = torch.device(cfg["device"])
+    encoder = create_model(
+        cfg["model"], img_size=cfg["img_size"], num_frames=cfg["frames"], num_classes=400,
+        drop_ratio=cfg["drop_ratio"], pos_embed="learned",
+    )  # fmt: skip
+    pmae = PartialMAE.for_encoder(encoder, pmae_ratio=cfg["pmae_ratio"]) if cfg["pmae_ratio"] > 0 else None
+    model = TurboModel(encoder, pmae).to(device).train()
+    if cfg["checkpointing"] == "all":
+        apply_activation_checkpointing(model, "torch", None)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
+    video = torch.randn(cfg["batch_size"], 3, cfg["frames"], cfg["img_size"], cfg["img_size"], device=device)
+    labels = torch.randint(0, 400, (cfg["batch_size"],), device=device)
+
+    def step() -> None:
+        out = model(video)
+        loss = torch.nn.functional.cross_entropy(out.logits, labels)
+        loss = model.weighted_loss(loss, out)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # Allocate gradients and AdamW state with a zero learning rate, so that the baseline memory
+    # (weights + grads + optimizer) is known before any activation is stored.
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    opt.step()
+    for group in opt.param_groups:
+        group["lr"] = 1e-4
+    sync()
+    base = rss_mb() if device.type == "cpu" else torch.cuda.memory_allocated() / 2**20
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    for _ in range(cfg["warmup"]):
+        step()
+    sync()
+    times = []
+    for _ in range(cfg["steps"]):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = max_rss_mb() if device.type == "cpu" else torch.cuda.max_memory_allocated() / 2**20
+    return {"step_times": times, "peak_mem_mb": peak, "base_mem_mb": base}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def spawn(cfg: dict) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"config {cfg} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def configs(args: argparse.Namespace) -> list[dict]:
+    out = []
+    for model, drop, pmae, ckpt in itertools.product(
+        args.models, args.drop_ratios, args.pmae_ratios, args.ckpt
+    ):
+        if drop == 0.0 and pmae > 0:
+            continue  # nothing dropped, nothing to reconstruct: identical to the dense row
+        out.append(
+            dict(
+                model=model,
+                frames=args.frames,
+                img_size=args.img_size,
+                batch_size=args.batch_size,
+                drop_ratio=drop,
+                pmae_ratio=pmae,
+                checkpointing=ckpt,
+                device=args.device,
+                warmup=args.warmup,
+                steps=args.steps,
+            )  # fmt: skip
+        )
+    return out
+
+
+def add_analysis(rows: list[dict]) -> None:
+    """FLOPs and the ratios against the dense run without checkpointing of the same model and size."""
+    from turbo_ds.models import model_config
+    from turbo_ds.models.flops import step_flops
+
+    for row in rows:
+        cfg = model_config(row["model"], img_size=row["img_size"], num_frames=row["frames"], num_classes=400)
+        ckpt_blocks = cfg.depth if row["checkpointing"] == "all" else 0
+        shape = (row["batch_size"], 3, row["frames"], row["img_size"], row["img_size"])
+        flops = step_flops(cfg, shape, row["drop_ratio"], row["pmae_ratio"], checkpoint_blocks=ckpt_blocks)
+        row["gflops"] = flops.train / 1e9
+        row["tokens_kept"], row["tokens_reconstructed"] = flops.tokens_kept, flops.tokens_reconstructed
+    for row in rows:
+        dense = next(
+            r for r in rows
+            if (r["model"], r["frames"], r["img_size"]) == (row["model"], row["frames"], row["img_size"])
+            and r["drop_ratio"] == 0 and r["checkpointing"] == "off"
+        )  # fmt: skip
+        row["speedup"] = dense["step_s"] / row["step_s"]
+        row["flop_ratio"] = dense["gflops"] / row["gflops"]
+        row["flop_efficiency"] = row["speedup"] / row["flop_ratio"]
+        row["mem_ratio"] = row["peak_mem_mb"] / dense["peak_mem_mb"]
+        act, dense_act = row["peak_mem_mb"] - row["base_mem_mb"], dense["peak_mem_mb"] - dense["base_mem_mb"]
+        row["act_mem_ratio"] = act / dense_act
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (
+        f"{'model':<18} {'T':>3} {'img':>4} {'drop':>5} {'pmae':>5} {'ckpt':>4} {'step_s':>7} {'speedup':>7} "
+        f"{'GFLOPs':>8} {'flop_x':>6} {'eff':>5} {'peak_MB':>8} {'mem':>5} {'act_mem':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['model']:<18} {r['frames']:>3} {r['img_size']:>4} {r['drop_ratio']:>5.2f} {r['pmae_ratio']:>5.2f} "
+            f"{r['checkpointing']:>4} {r['step_s']:>7.3f} {r['speedup']:>6.2f}x {r['gflops']:>8.1f} "
+            f"{r['flop_ratio']:>5.2f}x {r['flop_efficiency']:>5.2f} {r['peak_mem_mb']:>8.0f} "
+            f"{r['mem_ratio']:>5.2f} {r['act_mem_ratio']:>7.2f}"
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--models", nargs="+")
+    parser.add_argument("--frames", type=int)
+    parser.add_argument("--img-size", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--warmup", type=int)
+    parser.add_argument("--steps", type=int, help="timed steps per configuration and round")
+    parser.add_argument("--rounds", type=int, help="passes over all configurations, order alternating")
+    parser.add_argument("--drop-ratios", type=float, nargs="+", default=DROP_RATIOS)
+    parser.add_argument("--pmae-ratios", type=float, nargs="+", default=PMAE_RATIOS)
+    parser.add_argument("--ckpt", nargs="+", choices=CHECKPOINTING, default=CHECKPOINTING)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the preset's device)")
+    parser.add_argument("--json", help="write the rows to this file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.device is None:
+        args.device = "cuda" if args.preset == "gpu" else "cpu"
+    if 0.0 not in args.drop_ratios or "off" not in args.ckpt:
+        parser.error("the dense baseline (drop ratio 0, --ckpt off) is needed for the ratios")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_config(json.loads(args.worker))))
+        return []
+    todo = configs(args)
+    results: dict[int, list[dict]] = {i: [] for i in range(len(todo))}
+    for rnd in range(args.rounds):
+        order = list(range(len(todo)))[:: 1 if rnd % 2 == 0 else -1]
+        for i in order:
+            res = spawn(todo[i])
+            results[i].append(res)
+            c = todo[i]
+            print(
+                f"[round {rnd + 1}/{args.rounds}] {c['model']} drop={c['drop_ratio']} pmae={c['pmae_ratio']} "
+                f"ckpt={c['checkpointing']}: {statistics.median(res['step_times']):.3f}s "
+                f"peak {res['peak_mem_mb']:.0f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
+    rows = []
+    for i, cfg in enumerate(todo):
+        times = [t for res in results[i] for t in res["step_times"]]
+        row = {
+            k: cfg[k] for k in ("model", "frames", "img_size", "drop_ratio", "pmae_ratio", "checkpointing")
+        }
+        row.update(
+            step_s=statistics.median(times),
+            peak_mem_mb=statistics.median(r["peak_mem_mb"] for r in results[i]),
+            base_mem_mb=statistics.median(r["base_mem_mb"] for r in results[i]),
+            batch_size=cfg["batch_size"],
+            device=cfg["device"],
+            step_times=times,
+        )
+        rows.append(row)
+    add_analysis(rows)
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
