@@ -122,13 +122,16 @@ def build_loader(cfg: TrainConfig, split: str, kind: str, rank: int, world_size:
 
 
 def _iterate(loader) -> Iterator[dict[str, Any]]:
-    with rng_untouched():
-        it = iter(loader)
+    """Batches of ``loader``; fetching them never moves the global RNGs (a DataLoader iterator draws
+    its base seed lazily, at the first ``next``), so a resumed run draws exactly what the original did."""
+    it = iter(loader)
     while True:
         try:
-            yield next(it)
+            with rng_untouched():
+                batch = next(it)
         except StopIteration:
             return
+        yield batch
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -1,0 +1,47 @@
+"""Tracking: MLflow on rank 0 only, sqlite under the output folder by default, env URI wins, resume."""
+
+from __future__ import annotations
+
+from mlflow.tracking import MlflowClient
+
+from turbo_ds.tracking import NullTracker, create_tracker, default_tracking_uri
+
+
+def test_non_zero_rank_and_disabled_are_noops(tmp_path):
+    assert type(create_tracker(True, False, tmp_path / "a", "exp")) is NullTracker
+    assert type(create_tracker(False, True, tmp_path / "b", "exp")) is NullTracker
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_default_store_is_sqlite_under_output_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/other.db")
+    assert default_tracking_uri(tmp_path, "file:///x") == f"sqlite:///{tmp_path}/other.db"
+
+
+def test_run_params_metrics_artifacts_and_resume(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    t = create_tracker(True, True, out, "exp", run_name="r1")
+    assert (out / "mlflow.db").exists()
+    t.log_params({"optim.lr": 0.001, "optim.betas": [0.9, 0.999]})
+    t.log_metrics({"train/loss": 2.0}, step=1)
+    (out / "config.yaml").write_text("seed: 0\n")
+    t.log_artifact(out / "config.yaml")
+    t.finish()
+    t2 = create_tracker(True, True, out, "exp", run_id=t.run_id)
+    assert t2.run_id == t.run_id
+    t2.log_params({"optim.lr": 0.001, "extra": 1})
+    t2.log_metrics({"train/loss": 1.0}, step=2)
+    t2.finish()
+    c = MlflowClient(t.tracking_uri)
+    run = c.get_run(t.run_id)
+    assert run.data.params["optim.lr"] == "0.001" and run.data.params["optim.betas"] == "[0.9, 0.999]"
+    assert [m.value for m in c.get_metric_history(t.run_id, "train/loss")] == [2.0, 1.0]
+    assert [a.path for a in c.list_artifacts(t.run_id)] == ["config.yaml"]
+    assert run.info.status == "FINISHED"
+    assert t.ui_command() == f"mlflow ui --backend-store-uri {t.tracking_uri}"
+    # a run id the store does not know starts a new run instead of failing
+    t3 = create_tracker(True, True, tmp_path / "elsewhere", "exp", run_id=t.run_id)
+    assert t3.run_id != t.run_id

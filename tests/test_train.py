@@ -1,0 +1,199 @@
+"""End to end on the tiny demo data: 2-rank ZeRO-2 launch (loss falls, ranks agree), MLflow run,
+exact resume, single-process ``python scripts/train.py`` on ZeRO-3, non-finite loss handling."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+LAUNCH_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE", "MLFLOW_TRACKING_URI")
+STEPS = 8
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_KEYS}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def tiny_config(data_dir: Path, out_dir: Path, **sections) -> dict:
+    cfg = {
+        "output_dir": str(out_dir),
+        "seed": 0,
+        "model": {"name": "vit_debug"},
+        "token_dropout": {"drop_ratio": 0.5},
+        "pmae": {"enabled": True, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+        "data": {"index": str(data_dir / "actions.parquet"), "root": str(data_dir), "num_frames": 4, "frame_stride": 2, "img_size": 32, "test_split": "val", "test_clips": 2},
+        "optim": {"micro_batch_size": 2, "lr": 3e-3, "warmup_steps": 1, "weight_decay": 0.0},
+        "train": {"max_steps": STEPS, "eval_every": 4, "log_every": 1, "progress_bar": False},
+        "checkpoint": {"every_steps": 4},
+        "tracking": {"experiment": "test_train"},
+    }
+    for k, v in sections.items():
+        cfg.setdefault(k, {}).update(v) if isinstance(v, dict) else cfg.__setitem__(k, v)
+    return cfg
+
+
+def write_config(cfg: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def launch(args: list[str], nprocs: int, timeout: int = 300) -> subprocess.CompletedProcess:
+    if nprocs > 1:
+        cmd = [PY, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nprocs), "--master_port", str(_free_port()), *args]
+    else:
+        cmd = [PY, *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def summaries(out_dir: Path, world: int) -> list[dict]:
+    return [json.loads((out_dir / f"rank_summary_{r}.json").read_text()) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    subprocess.run([PY, "-m", "data_index", "demo", "--out", str(out), "--size", "tiny"], cwd=ROOT, env=clean_env(), check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_a(demo_data, tmp_path_factory) -> Path:
+    """Uninterrupted 2-rank ZeRO-2 run, checkpoints at steps 4 and 8."""
+    work = tmp_path_factory.mktemp("run_a")
+    out = work / "out"
+    cfg = write_config(tiny_config(demo_data, out), work / "cfg.yaml")
+    launch(["scripts/train.py", "--ds_config", "ds_configs/zero2.json", "--config", str(cfg)], nprocs=2)
+    return out
+
+
+def test_two_rank_zero2_loss_falls_and_ranks_agree(run_a):
+    s0, s1 = summaries(run_a, 2)
+    assert s0["steps"] == list(range(1, STEPS + 1))
+    assert s0["train_loss"] == s1["train_loss"], "ranks report different losses"
+    assert s0["params_checksum"] == s1["params_checksum"], "ranks hold different weights"
+    losses = s0["train_loss"]
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, f"loss did not fall: {losses}"
+    final = json.loads((run_a / "final_metrics.json").read_text())
+    assert final["val/num_samples"] == 4 and final["test/num_samples"] == 4  # every val clip once over both ranks
+    assert 0.0 <= final["val/top1"] <= 100.0
+    assert (run_a / "checkpoints" / "latest").read_text() == f"global_step{STEPS}"
+    assert (run_a / "config.yaml").exists() and json.loads((run_a / "ds_config.json").read_text())["train_batch_size"] == 4
+
+
+def test_mlflow_run_has_params_metrics_artifacts(run_a):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_a}/mlflow.db")
+    exp = client.get_experiment_by_name("test_train")
+    (run,) = client.search_runs([exp.experiment_id])
+    p = run.data.params
+    assert p["optim.lr"] == "0.003" and p["token_dropout.drop_ratio"] == "0.5" and p["world_size"] == "2"
+    assert p["ds.zero_optimization.stage"] == "2" and p["ds.train_batch_size"] == "4"
+    assert "version.torch" in p and "version.deepspeed" in p and "git_commit" in p
+    for key in ("train/loss", "train/cls_loss", "train/mae_loss", "train/lr", "train/clips_per_s", "train/tokens_per_s", "train/step_time_s", "train/peak_mem_mb"):
+        hist = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in hist] == list(range(1, STEPS + 1)), key
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/top1")] == [4, STEPS]
+    assert {"test/top1", "test/top5"} <= set(run.data.metrics)
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "ds_config.json", "final_metrics.json"} <= arts
+    assert run.info.status == "FINISHED"
+
+
+def test_resume_is_exact(run_a, tmp_path):
+    """Resume from A's step-4 checkpoint in a fresh folder: steps 5..8 give A's losses bit for bit,
+    and the run continues the same MLflow run."""
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run_a / "checkpoints" / "global_step4", out / "checkpoints" / "global_step4")
+    (out / "checkpoints" / "latest").write_text("global_step4")
+    shutil.copy(run_a / "mlflow.db", out / "mlflow.db")
+    cfg_a = yaml.safe_load((run_a / "config.yaml").read_text())  # the resolved config A wrote
+    cfg_a["output_dir"] = str(out)
+    cfg = write_config(cfg_a, tmp_path / "cfg.yaml")
+    launch(["scripts/train.py", "--ds_config", "ds_configs/zero2.json", "--config", str(cfg), "--resume", "latest"], nprocs=2)
+    a, b = summaries(run_a, 2)[0], summaries(out, 2)[0]
+    assert b["steps"] == list(range(5, STEPS + 1))
+    assert b["train_loss"] == a["train_loss"][4:], "resumed losses differ from the uninterrupted run"
+    assert b["params_checksum"] == a["params_checksum"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("test_train").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, STEPS + 1)) + list(range(5, STEPS + 1))
+
+
+def test_single_process_python_zero3(demo_data, tmp_path):
+    out = tmp_path / "out"
+    cfg = write_config(tiny_config(demo_data, out, train={"max_steps": 3, "eval_every": 0}, checkpoint={"every_steps": 0}, data={"test_split": None}), tmp_path / "cfg.yaml")
+    proc = launch(["scripts/train.py", "--ds_config", "ds_configs/zero3.json", "--config", str(cfg), "--set", "model.activation_checkpointing=deepspeed"], nprocs=1)
+    assert "ZeRO stage 3" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    (s,) = summaries(out, 1)
+    assert s["steps"] == [1, 2, 3] and all(math.isfinite(v) for v in s["train_loss"])
+    assert (out / "checkpoints" / "latest").read_text() == "global_step3"
+
+
+def test_nonfinite_losses_are_skipped_then_stop(demo_data, tmp_path, monkeypatch):
+    """In-process main([...]): a few NaN losses are skipped and counted; too many in a row stop the run."""
+    import torch
+
+    from turbo_ds import trainer
+    from turbo_ds.tasks.classification import ClassificationTask
+
+    for k in LAUNCH_ENV_KEYS:
+        monkeypatch.delenv(k, raising=False)
+    calls = {"n": 0}
+    real_forward = ClassificationTask.forward
+
+    def flaky(self, batch):
+        out = real_forward(self, batch)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in bad_calls:
+                out.loss = out.loss * torch.tensor(float("nan"))
+        return out
+
+    monkeypatch.setattr(ClassificationTask, "forward", flaky)
+    bad_calls = {2, 3}
+    cfg = write_config(tiny_config(demo_data, tmp_path / "a", train={"max_steps": 3, "eval_every": 0, "max_nonfinite_in_row": 3}, checkpoint={"every_steps": 0, "save_final": False}, data={"test_split": None}, tracking={"enabled": False}), tmp_path / "a.yaml")
+    final = trainer.main(["--config", str(cfg), "--ds_config", "ds_configs/zero0.json"])
+    assert final["train/nonfinite_total"] == 2 and final["step"] == 3 and math.isfinite(final["train/loss"])
+
+    calls["n"] = 0
+    bad_calls = set(range(2, 100))
+    cfg = write_config(tiny_config(demo_data, tmp_path / "b", train={"max_steps": 3, "eval_every": 0, "max_nonfinite_in_row": 3}, checkpoint={"every_steps": 0, "save_final": False}, data={"test_split": None}, tracking={"enabled": False}), tmp_path / "b.yaml")
+    with pytest.raises(trainer.NonFiniteLossError, match=r"3 non-finite losses in a row .*max_nonfinite_in_row = 3"):
+        trainer.main(["--config", str(cfg), "--ds_config", "ds_configs/zero0.json"])
+
+
+def test_bad_config_fails_before_launching(tmp_path):
+    from turbo_ds import trainer
+    from turbo_ds.config import ConfigError
+
+    cfg = write_config({"optim": {"lr": 1e-3, "micro_batch": 4}}, tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="'optim.micro_batch'"):
+        trainer.main(["--config", str(cfg), "--ds_config", "ds_configs/zero2.json"])
