@@ -1,0 +1,317 @@
+"""Data loading benchmark: clips/s through the real Dataset + DataLoader, against the naive way.
+
+Writes test videos (~720p and ~320p, 5 s at 25 fps, keyframe every 5 s like web video, and long ~320p
+videos), builds their indexes with the csv builder, transcodes the 720p set with `data_index transcode`
+(short side 256, keyframe every 16 frames), then measures every configuration in rounds, side by side
+in one process so machine noise hits them alike, and reports the median round.
+
+    python scripts/bench_data.py --workers 2 --json bench_data.json
+
+"naive" = what VideoMAE's loader does: open decord at full resolution, ``get_batch`` the sampled
+frames, then resize/crop (same uint8 transforms as ours) in the worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data_index.builders import build  # noqa: E402
+from data_index.cli import main as data_index_main  # noqa: E402
+from data_index.videowrite import write_video  # noqa: E402
+from turbo_ds.data import build_dataloader  # noqa: E402
+from turbo_ds.data.sampling import dense_clip_indices  # noqa: E402
+from turbo_ds.data.schema import VideoIndex, write_index  # noqa: E402
+from turbo_ds.data.transforms import ClipTransform, to_tchw  # noqa: E402
+
+
+def synth_frames(w: int, h: int, n: int, seed: int):
+    """A textured scene panning slowly with a moving bright box: compresses like real footage, not noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 255, (h // 16 + 6, w // 16 + 6, 3), dtype=np.uint8)
+    tex = np.kron(coarse, np.ones((16, 16, 1), np.uint8))[: h + 64, : w + 64]
+    fine = rng.integers(0, 40, (h + 64, w + 64, 3), dtype=np.uint8)
+    tex = (tex // 2 + fine).astype(np.uint8)
+    for i in range(n):
+        f = tex[(i // 2) % 64 : (i // 2) % 64 + h, i % 64 : i % 64 + w].copy()
+        x = (i * 7) % max(1, w - 80)
+        f[h // 3 : h // 3 + 60, x : x + 80] = 240
+        yield f
+
+
+def make_set(root: Path, name: str, w: int, h: int, n_videos: int, n_frames: int, gop: int) -> Path:
+    index = root / f"{name}.parquet"
+    if index.exists():
+        return index
+    ann = root / f"{name}.csv"
+    rows = ["path,label"]
+    for i in range(n_videos):
+        rel = f"{name}/v{i:03d}.mp4"
+        write_video(root / rel, synth_frames(w, h, n_frames, i), 25, gop=gop, preset="veryfast", crf=23)
+        rows.append(f"{rel},{i % 4}")
+    ann.write_text("\n".join(rows) + "\n")
+    build("csv", [ann], root, index, workers=2)
+    return index
+
+
+class NaiveDataset(Dataset):
+    """VideoMAE-style: full-resolution decord decode of the sampled frames, then resize + crop."""
+
+    def __init__(self, index_path, num_frames, stride, img_size, uniform=False):
+        self.index = VideoIndex(index_path)
+        self.num_frames, self.stride, self.uniform = num_frames, stride, uniform
+        self.tf = ClipTransform(img_size=img_size, train=False)
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        import decord
+
+        from turbo_ds.data.sampling import uniform_segment_indices
+
+        row = self.index[i % len(self.index)]
+        vr = decord.VideoReader(row["abs_path"], num_threads=1, ctx=decord.cpu(0))
+        n = len(vr)
+        rng = np.random.default_rng(i)
+        if self.uniform:
+            idx = uniform_segment_indices(n, self.num_frames, rng)
+        else:
+            idx = dense_clip_indices(n, self.num_frames, self.stride, rng)
+        frames = vr.get_batch(idx.tolist()).asnumpy()
+        del vr
+        return {"video": self.tf(to_tchw(frames))[0], "label": row["label"]}
+
+
+def time_loader(loader, clips: int, workers: int) -> float:
+    """Steady-state clips per second: first drain what the workers prefetched while starting up
+    (``workers * prefetch_factor`` batches + 1), then time ``clips`` more."""
+
+    def batches():
+        while True:
+            yield from loader
+
+    it = batches()
+    for _ in range(max(1, workers) * 2 + 1):
+        next(it)
+    done, t0 = 0, time.perf_counter()
+    while done < clips:
+        done += len(next(it)["label"])
+    return done / (time.perf_counter() - t0)
+
+
+def naive_loader(index, args, num_frames, stride, uniform=False):
+    ds = NaiveDataset(index, num_frames, stride, args.img_size, uniform)
+    return DataLoader(
+        ds,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+        prefetch_factor=2 if args.workers > 0 else None,
+    )
+
+
+def turbo_loader(index, args, backend, sampler="dense", num_frames=16, stride=4):
+    return build_dataloader(
+        index,
+        split="train",
+        sampler=sampler,
+        num_frames=num_frames,
+        stride=stride if sampler == "dense" else None,
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        backend=backend,
+        drop_last=False,
+        seed=0,
+    )
+
+
+def repeated(index: Path, times: int) -> Path:
+    """The same videos listed ``times`` times, so one epoch spans many batches."""
+    out = index.with_name(index.stem + f".x{times}.parquet")
+    if not out.exists():
+        rows = pq.read_table(index).to_pylist()
+        write_index([{**r, "video_id": f"{r['video_id']}_{k}"} for k in range(times) for r in rows], out)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--clips", type=int, default=24, help="clips timed per configuration and round")
+    p.add_argument("--long-clips", type=int, default=12)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--videos", type=int, default=6)
+    p.add_argument("--cache", default="/tmp/turbo_ds_bench_data", help="where the test videos are kept")
+    p.add_argument("--json", default=None)
+    p.add_argument("--only", default=None, help="comma-separated subset of configuration names")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+
+    root = Path(args.cache)
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    hd = make_set(root, "720p", 1280, 720, args.videos, 125, gop=125)
+    sd = make_set(root, "320p", 568, 320, args.videos, 125, gop=125)
+    lg = make_set(root, "long320p", 568, 320, 2, 1000, gop=125)
+    tc = root / "tc720" / "720p.parquet"
+    if not tc.exists():
+        data_index_main(
+            [
+                "transcode",
+                str(hd),
+                "--root",
+                str(root),
+                "--out-root",
+                str(root / "tc720"),
+                "--short-side",
+                "256",
+                "--gop",
+                "16",
+                "--workers",
+                "2",
+            ]
+        )
+    tcl = root / "tclong" / "long320p.parquet"
+    if not tcl.exists():
+        data_index_main(
+            [
+                "transcode",
+                str(lg),
+                "--root",
+                str(root),
+                "--out-root",
+                str(root / "tclong"),
+                "--short-side",
+                "256",
+                "--gop",
+                "16",
+                "--workers",
+                "2",
+            ]
+        )
+    hd, sd, lg, tc, tcl = (repeated(x, 20) for x in (hd, sd, lg, tc, tcl))
+    print(f"videos ready in {time.time() - t0:.0f}s under {root}", flush=True)
+
+    # name: (make loader, source, backend, frames, clips timed, naive reference)
+    def naive(index, t, stride, uniform=False):
+        return lambda: naive_loader(index, args, t, stride, uniform)
+
+    def turbo(index, backend, sampler="dense", t=16):
+        return lambda: turbo_loader(index, args, backend, sampler, t)
+
+    c, lc = args.clips, args.long_clips
+    configs = {
+        "naive 720p": (naive(hd, 16, 4), "720p", "decord full-res", 16, c, None),
+        "turbo 720p decord": (turbo(hd, "decord"), "720p", "decord", 16, c, "naive 720p"),
+        "turbo 720p pyav": (turbo(hd, "pyav"), "720p", "pyav", 16, c, "naive 720p"),
+        "turbo 720p transcoded": (turbo(tc, "decord"), "720p->256 g16", "decord", 16, c, "naive 720p"),
+        "naive 320p": (naive(sd, 16, 4), "320p", "decord full-res", 16, c, None),
+        "turbo 320p decord": (turbo(sd, "decord"), "320p", "decord", 16, c, "naive 320p"),
+        "turbo 320p pyav": (turbo(sd, "pyav"), "320p", "pyav", 16, c, "naive 320p"),
+        "naive long 64f": (naive(lg, 64, 1, True), "320p 1000f", "decord full-res", 64, lc, None),
+        "turbo long 64f": (
+            turbo(lg, "decord", "uniform", 64),
+            "320p 1000f",
+            "decord",
+            64,
+            lc,
+            "naive long 64f",
+        ),
+        "turbo long 64f transcoded": (
+            turbo(tcl, "decord", "uniform", 64),
+            "->256 g16",
+            "decord",
+            64,
+            lc,
+            "naive long 64f",
+        ),
+        "naive long 256f": (naive(lg, 256, 1, True), "320p 1000f", "decord full-res", 256, lc, None),
+        "turbo long 256f": (
+            turbo(lg, "decord", "uniform", 256),
+            "320p 1000f",
+            "decord",
+            256,
+            lc,
+            "naive long 256f",
+        ),
+        "turbo long 256f transcoded": (
+            turbo(tcl, "decord", "uniform", 256),
+            "->256 g16",
+            "decord",
+            256,
+            lc,
+            "naive long 256f",
+        ),
+    }
+    if args.only:
+        keep = set(args.only.split(","))
+        configs = {k: v for k, v in configs.items() if k in keep}
+    results: dict[str, list[float]] = {k: [] for k in configs}
+    for r in range(args.rounds):
+        for name, (make, _src, _be, _t, clips, _ref) in configs.items():
+            rate = time_loader(make(), clips, args.workers)
+            results[name].append(rate)
+            print(f"round {r + 1}: {name:<28} {rate:7.2f} clips/s", flush=True)
+
+    rows = []
+    for name, (_, source, backend, frames, _, ref) in configs.items():
+        rate = statistics.median(results[name])
+        base = rate if ref is None else statistics.median(results[ref]) if ref in results else None
+        rows.append(
+            {
+                "config": name,
+                "source": source,
+                "backend": backend,
+                "frames": frames,
+                "clips_per_s": rate,
+                "clips_per_s_per_worker": rate / max(1, args.workers),
+                "rounds": results[name],
+                "speedup_vs_naive": rate / base if base else None,
+            }
+        )
+    print(
+        f"\n{'config':<28} {'source':<17} {'backend':<16} {'T':>4} {'clips/s':>8} {'/worker':>8} {'vs naive':>8}"
+    )
+    for r in rows:
+        sp = f"{r['speedup_vs_naive']:.2f}x" if r["speedup_vs_naive"] else "-"
+        print(
+            f"{r['config']:<28} {r['source']:<17} {r['backend']:<16} {r['frames']:>4} {r['clips_per_s']:>8.2f} "
+            f"{r['clips_per_s_per_worker']:>8.2f} {sp:>8}"
+        )
+    meta = {
+        "command": "python scripts/bench_data.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "img_size": args.img_size,
+        "rounds": args.rounds,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
