@@ -52,6 +52,8 @@ def run_config(cfg: dict) -> dict:
     from turbo_ds.models import PartialMAE, TurboModel, create_model
 
     torch.manual_seed(0)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
     encoder = create_model(
         cfg["model"], img_size=cfg["img_size"], num_frames=cfg["frames"], num_classes=400,
@@ -94,14 +96,40 @@ def run_config(cfg: dict) -> dict:
     for _ in range(cfg["warmup"]):
         step()
     sync()
-    times = []
+    times, cpu_times = [], []
     for _ in range(cfg["steps"]):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         sync()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     peak = max_rss_mb() if device.type == "cpu" else torch.cuda.max_memory_allocated() / 2**20
-    return {"step_times": times, "peak_mem_mb": peak, "base_mem_mb": base}
+    saved = saved_activations_mb(model, video) if cfg["checkpointing"] == "off" else None
+    return {
+        "step_times": times, "cpu_times": cpu_times, "peak_mem_mb": peak, "base_mem_mb": base,
+        "saved_mb": saved,
+    }  # fmt: skip
+
+
+def saved_activations_mb(model, video) -> float:
+    """MB of distinct non-parameter tensors autograd saves for backward in one forward: the activation
+    memory, exactly and independent of allocator and machine load. (Not used for checkpointed rows:
+    checkpointing hides its saved tensors from outer hooks.)"""
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(video)
+    del out
+    return sum(seen.values()) / 2**20
 
 
 def rss_mb() -> float:
@@ -140,6 +168,7 @@ def configs(args: argparse.Namespace) -> list[dict]:
                 device=args.device,
                 warmup=args.warmup,
                 steps=args.steps,
+                threads=args.threads,
             )  # fmt: skip
         )
     return out
@@ -166,7 +195,9 @@ def add_analysis(rows: list[dict]) -> None:
         row["speedup"] = dense["step_s"] / row["step_s"]
         row["flop_ratio"] = dense["gflops"] / row["gflops"]
         row["flop_efficiency"] = row["speedup"] / row["flop_ratio"]
+        row["cpu_speedup"] = dense["cpu_s"] / row["cpu_s"]
         row["mem_ratio"] = row["peak_mem_mb"] / dense["peak_mem_mb"]
+        row["saved_ratio"] = row["saved_mb"] / dense["saved_mb"] if row.get("saved_mb") is not None else None
         act, dense_act = row["peak_mem_mb"] - row["base_mem_mb"], dense["peak_mem_mb"] - dense["base_mem_mb"]
         row["act_mem_ratio"] = act / dense_act
 
@@ -174,17 +205,23 @@ def add_analysis(rows: list[dict]) -> None:
 def print_table(rows: list[dict]) -> None:
     head = (
         f"{'model':<18} {'T':>3} {'img':>4} {'drop':>5} {'pmae':>5} {'ckpt':>4} {'step_s':>7} {'speedup':>7} "
-        f"{'GFLOPs':>8} {'flop_x':>6} {'eff':>5} {'peak_MB':>8} {'mem':>5} {'act_mem':>7}"
+        f"{'cpu_x':>6} {'GFLOPs':>7} {'flop_x':>6} {'eff':>5} {'peak_MB':>7} {'mem':>5} {'act':>5} {'saved':>5}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
+        saved = f"{r['saved_ratio']:.2f}" if r.get("saved_ratio") is not None else "-"
         print(
             f"{r['model']:<18} {r['frames']:>3} {r['img_size']:>4} {r['drop_ratio']:>5.2f} {r['pmae_ratio']:>5.2f} "
-            f"{r['checkpointing']:>4} {r['step_s']:>7.3f} {r['speedup']:>6.2f}x {r['gflops']:>8.1f} "
-            f"{r['flop_ratio']:>5.2f}x {r['flop_efficiency']:>5.2f} {r['peak_mem_mb']:>8.0f} "
-            f"{r['mem_ratio']:>5.2f} {r['act_mem_ratio']:>7.2f}"
+            f"{r['checkpointing']:>4} {r['step_s']:>7.3f} {r['speedup']:>6.2f}x {r['cpu_speedup']:>5.2f}x "
+            f"{r['gflops']:>7.1f} {r['flop_ratio']:>5.2f}x {r['flop_efficiency']:>5.2f} {r['peak_mem_mb']:>7.0f} "
+            f"{r['mem_ratio']:>5.2f} {r['act_mem_ratio']:>5.2f} {saved:>5}"
         )
+    print(
+        "speedup: dense step_s / step_s; cpu_x: the same on process CPU time; flop_x: FLOP ratio; "
+        "eff: speedup / flop_x;\nmem: peak memory / dense; act: (peak - baseline after weights, grads and "
+        "AdamW state) / dense; saved: tensors saved for backward / dense"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -202,6 +239,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drop-ratios", type=float, nargs="+", default=DROP_RATIOS)
     parser.add_argument("--pmae-ratios", type=float, nargs="+", default=PMAE_RATIOS)
     parser.add_argument("--ckpt", nargs="+", choices=CHECKPOINTING, default=CHECKPOINTING)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the preset's device)")
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -239,15 +277,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for i, cfg in enumerate(todo):
         times = [t for res in results[i] for t in res["step_times"]]
+        cpu_times = [t for res in results[i] for t in res["cpu_times"]]
         row = {
             k: cfg[k] for k in ("model", "frames", "img_size", "drop_ratio", "pmae_ratio", "checkpointing")
         }
         row.update(
             step_s=statistics.median(times),
+            cpu_s=statistics.median(cpu_times),
+            saved_mb=results[i][0]["saved_mb"],
             peak_mem_mb=statistics.median(r["peak_mem_mb"] for r in results[i]),
             base_mem_mb=statistics.median(r["base_mem_mb"] for r in results[i]),
             batch_size=cfg["batch_size"],
             device=cfg["device"],
+            threads=cfg["threads"] or None,
             step_times=times,
         )
         rows.append(row)

@@ -52,7 +52,7 @@ def test_bench_grid_and_ratios(bench):
     for c in todo:
         if c["drop_ratio"] in (0.0, 0.75) and c["pmae_ratio"] in (0.0, 0.25):
             rows.append({**c, "step_s": 4.0 if c["drop_ratio"] == 0 else 1.0, "peak_mem_mb": 1000.0,
-                         "base_mem_mb": 400.0 if c["drop_ratio"] == 0 else 800.0})  # fmt: skip
+                         "base_mem_mb": 400.0 if c["drop_ratio"] == 0 else 800.0, "cpu_s": 2.0, "saved_mb": None})  # fmt: skip
     bench.add_analysis(rows)
     dense = rows[0]
     assert (dense["speedup"], dense["flop_ratio"], dense["mem_ratio"]) == (1.0, 1.0, 1.0)
