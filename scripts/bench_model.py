@@ -25,7 +25,7 @@ import time
 PRESETS = {
     # CPU-sized: ViT-S/16 on 16 x 112^2 clips (8 x 7 x 7 = 392 tokens).
     "cpu": dict(
-        models=["vit_small_patch16"], frames=16, img_size=112, batch_size=8, warmup=2, steps=3, rounds=2
+        models=["vit_small_patch16"], frames=16, img_size=112, batch_size=8, warmup=1, steps=3, rounds=2
     ),
     "gpu": dict(
         models=["vit_small_patch16", "vit_base_patch16"],
