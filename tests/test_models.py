@@ -163,3 +163,10 @@ def test_registry_presets():
     with pytest.raises(ValueError, match="unknown ViTConfig field"):
         create_model("vit_debug", depht=3)
     assert isinstance(model_config("vit_debug"), ViTConfig)
+
+
+def test_bf16_model_accepts_fp32_clips():
+    model = create_model("vit_debug", drop_ratio=0.5, num_classes=3).to(torch.bfloat16)
+    x = torch.randn(2, 3, 4, 32, 32)
+    assert model.train()(x).dtype == torch.bfloat16
+    assert model.eval()(x).shape == (2, 3)

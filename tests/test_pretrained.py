@@ -198,3 +198,12 @@ def test_bad_arguments_raise(timm_vit):
         load_pretrained(timm_like(), {"foo": torch.zeros(1)})
     with pytest.raises(TypeError, match="VideoViT"):
         load_pretrained(torch.nn.Linear(2, 2), timm_vit.state_dict())
+
+
+def test_pickled_training_checkpoint_needs_weights_only_false(tmp_path, timm_vit):
+    import argparse
+
+    torch.save({"model": timm_vit.state_dict(), "args": argparse.Namespace(lr=1)}, tmp_path / "ckpt.pth")
+    with pytest.raises(ValueError, match="weights_only=False"):
+        load_pretrained(timm_like(), tmp_path / "ckpt.pth")
+    assert load_pretrained(timm_like(), tmp_path / "ckpt.pth", weights_only=False).missing == []

@@ -41,6 +41,7 @@ class PatchEmbed3D(nn.Module):
         return t // self.tubelet_size, h // self.patch_size, w // self.patch_size
 
     def forward(self, video: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        video = video.to(self.proj.weight.dtype)  # e.g. fp32 clips into a bf16 model
         if keep_idx is None:
             return self.proj(video).flatten(2).transpose(1, 2)
         b, c = video.shape[:2]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from turbo_ds.models.layers import Block, init_weights
-from turbo_ds.models.pos_embed import sincos_1d, sincos_2d
+from turbo_ds.models.pos_embed import separable_sincos
 from turbo_ds.models.token_dropout import gather_tokens
 from turbo_ds.models.vit import VideoViT, ViTOutput
 
@@ -122,10 +122,7 @@ class PartialMAE(nn.Module):
 
     def pos_embed(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
         """Fixed separable sin-cos table (1, N, decoder_dim) for `grid`."""
-        t, h, w = grid
-        d = self.decoder_dim
-        table = sincos_1d(d, torch.arange(t))[:, None, :] + sincos_2d(d, h, w)[None, :, :]
-        return table.reshape(1, t * h * w, d).to(device)
+        return separable_sincos(self.decoder_dim, tuple(grid)).to(device)
 
     def forward(
         self, video: torch.Tensor, enc: ViTOutput, generator: torch.Generator | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -49,3 +50,14 @@ def square_side(num_tokens: int, key: str) -> int:
     if side * side != num_tokens:
         raise ValueError(f"{key}: cannot infer a square grid from {num_tokens} tokens")
     return side
+
+
+@lru_cache(maxsize=32)
+def separable_sincos(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    """(1, T*H*W, dim) fixed table: 1D sin-cos of the frame index + 2D sin-cos of the position, time-major.
+
+    Cached (CPU, float32): callers move it to their device and dtype.
+    """
+    t, h, w = grid
+    table = sincos_1d(dim, torch.arange(t))[:, None, :] + sincos_2d(dim, h, w)[None, :, :]
+    return table.reshape(1, t * h * w, dim)

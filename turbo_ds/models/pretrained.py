@@ -9,6 +9,7 @@ reported; a shape that still differs is an error naming the key and both shapes.
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -45,13 +46,23 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A flat state dict from a path or mapping, unwrapping `model` / `module` / `state_dict` containers."""
-    sd = (
-        torch.load(source, map_location="cpu", weights_only=True)
-        if isinstance(source, (str, Path))
-        else source
-    )
+def read_state_dict(
+    source: str | Path | Mapping[str, torch.Tensor], weights_only: bool = True
+) -> dict[str, torch.Tensor]:
+    """A flat state dict from a path or mapping, unwrapping `model` / `module` / `state_dict` containers.
+
+    Files are read with `torch.load(weights_only=True)`; training checkpoints that pickle other objects
+    (VideoMAE stores its argparse namespace) need `weights_only=False`, for files you trust.
+    """
+    sd = source
+    if isinstance(source, (str, Path)):
+        try:
+            sd = torch.load(source, map_location="cpu", weights_only=weights_only)
+        except pickle.UnpicklingError as err:
+            raise ValueError(
+                f"{source}: not a plain weights file ({err.__class__.__name__}); if you trust it, "
+                "pass weights_only=False"
+            ) from err
     for wrapper in ("model", "module", "state_dict"):
         if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
             sd = sd[wrapper]
@@ -222,11 +233,13 @@ def load_pretrained(
     fmt: str = "auto",
     inflation: str = "center",
     exclude: Iterable[str] = (),
+    weights_only: bool = True,
 ) -> LoadReport:
     """Load `source` into `model` (a VideoViT, or a module with an `.encoder` VideoViT).
 
     `exclude`: key prefixes (after renaming) to leave out, e.g. `("head.",)` to fine-tune on new
-    classes. Raises ValueError listing every key whose shape still differs after adaptation.
+    classes. `weights_only=False` allows pickled training checkpoints (trusted files only). Raises
+    ValueError listing every key whose shape still differs after adaptation.
     """
     vit = model.encoder if not isinstance(model, VideoViT) and hasattr(model, "encoder") else model
     if not isinstance(vit, VideoViT):
@@ -235,7 +248,7 @@ def load_pretrained(
         )
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
-    sd = read_state_dict(source)
+    sd = read_state_dict(source, weights_only)
     fmt = detect_format(sd) if fmt == "auto" else fmt
     report = LoadReport(fmt=fmt)
     if fmt == "timm":

@@ -10,7 +10,7 @@ from torch import nn
 
 from turbo_ds.models.config import ViTConfig
 from turbo_ds.models.layers import Block, PatchEmbed3D, init_weights
-from turbo_ds.models.pos_embed import resize_spatial, resize_temporal, sincos_1d, sincos_2d
+from turbo_ds.models.pos_embed import resize_spatial, resize_temporal, separable_sincos
 from turbo_ds.models.token_dropout import TokenDropout, check_drop_ratio, gather_tokens
 
 # (block, tokens) -> tokens; set by turbo_ds.engine.checkpointing so the model never imports deepspeed.
@@ -109,12 +109,10 @@ class VideoViT(nn.Module):
         d = self.cfg.embed_dim
         if self.pos_embed_spatial is None:
             ref = self.patch_embed.proj.weight
-            spatial = sincos_2d(d, h, w).to(ref.device, ref.dtype)[None]
-            temporal = sincos_1d(d, torch.arange(t)).to(ref.device, ref.dtype)[None]
-        else:
-            _, gh, gw = self.cfg.grid
-            spatial = resize_spatial(self.pos_embed_spatial, (gh, gw), (h, w))
-            temporal = resize_temporal(self.pos_embed_temporal, t)
+            return separable_sincos(d, (t, h, w)).to(ref.device, ref.dtype)
+        _, gh, gw = self.cfg.grid
+        spatial = resize_spatial(self.pos_embed_spatial, (gh, gw), (h, w))
+        temporal = resize_temporal(self.pos_embed_temporal, t)
         return (temporal[:, :, None, :] + spatial[:, None, :, :]).reshape(1, t * h * w, d)
 
     def forward_features(self, video: torch.Tensor) -> ViTOutput:
