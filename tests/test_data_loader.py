@@ -260,3 +260,13 @@ def test_demo_is_deterministic(tiny_demo, tmp_path):  # noqa: F811
     fb, _ = decode_frames(str(tmp_path / "again" / rel), range(30))
     fc, _ = decode_frames(str(tmp_path / "other" / rel), range(30))
     assert np.array_equal(fa, fb) and not np.array_equal(fa, fc)
+
+
+def test_index_path_may_be_a_folder(tiny_demo, tmp_path):  # noqa: F811
+    with pytest.raises(FileNotFoundError, match="actions.parquet"):
+        VideoIndex(tiny_demo)  # three indexes there: ambiguous
+    (tmp_path / "one").mkdir()
+    shutil.copy(tiny_demo / "long.parquet", tmp_path / "one" / "long.parquet")
+    assert len(VideoIndex(tmp_path / "one", root=tiny_demo, split="val")) == 2
+    with pytest.raises(ValueError, match="splits present"):
+        VideoIndex(tiny_demo / "long.parquet", split="test")

@@ -137,6 +137,24 @@ def _ensure_arrow_cache(index_path: Path) -> Path:
     return cache
 
 
+def resolve_index_path(index_path: str | os.PathLike) -> Path:
+    """A ``.parquet`` file, or a folder holding ``index.parquet`` or exactly one index file."""
+    p = Path(index_path)
+    if p.is_dir():
+        found = sorted(x for x in p.glob("*.parquet") if not x.name.endswith(".errors.parquet"))
+        if (p / "index.parquet").exists():
+            return p / "index.parquet"
+        if len(found) != 1:
+            names = [x.name for x in found] or "none"
+            raise FileNotFoundError(f"{p} is a folder: name one of its index files ({names})")
+        return found[0]
+    if not p.exists():
+        raise FileNotFoundError(
+            f"index not found: {p} (build it with `python -m data_index build` or `demo`)"
+        )
+    return p
+
+
 class VideoIndex:
     """Read-only view of an index, optionally restricted to one split.
 
@@ -145,9 +163,7 @@ class VideoIndex:
     """
 
     def __init__(self, index_path: str | os.PathLike, root: str | os.PathLike | None = None, split=None):
-        self.index_path = Path(index_path)
-        if not self.index_path.exists():
-            raise FileNotFoundError(f"index not found: {self.index_path}")
+        self.index_path = resolve_index_path(index_path)
         _check_version(self.index_path)
         self.root = Path(root) if root is not None else self.index_path.parent
         self.split = split
