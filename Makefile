@@ -32,3 +32,13 @@ bench-model: setup
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache
+
+# The demo: generate the demo dataset (once), then train the Turbo classifier with 2 CPU ranks (gloo).
+demo: setup
+	test -f demo_data/actions.parquet || $(PY) -m data_index demo --out demo_data
+	.venv/bin/deepspeed --num_gpus 2 scripts/train.py --ds_config ds_configs/zero2.json --config configs/demo_classification.yaml
+
+# Dense vs Turbo on the demo task (same steps); results appended to docs/benchmarks.md.
+bench-train: setup
+	test -f demo_data/actions.parquet || $(PY) -m data_index demo --out demo_data
+	$(PY) scripts/bench_train.py --config configs/demo_classification.yaml --ds_config ds_configs/zero2.json --num_gpus 2 --write-docs

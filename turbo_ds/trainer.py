@@ -210,6 +210,8 @@ class Trainer:
         self.epoch = 0
         self.nonfinite_total = 0
         self.run_id = None
+        self.train_time_s = 0.0  # time in training steps (not evaluation or checkpointing), this process
+        self.train_clips = 0
         # Token dropout / drop path differ per rank; they are seeded from (seed, rank).
         seed_everything(cfg.seed + 1000003 * (rank + 1))
         if resume:
@@ -354,7 +356,7 @@ class Trainer:
                             raise NonFiniteLossError(
                                 f"{nonfinite_in_row} non-finite losses in a row at step {self.step} "
                                 f"(train.max_nonfinite_in_row = {tcfg.max_nonfinite_in_row}); last losses: "
-                                f"{ {k: float(v) for k, v in out.losses.items()} }. Lower optim.lr, check the data, "
+                                f"{ {k: float(v.detach()) for k, v in out.losses.items()} }. Lower optim.lr, check the data, "
                                 "or use bf16 instead of fp16."
                             )
                         continue
@@ -368,6 +370,8 @@ class Trainer:
                 self.step += 1
                 now = time.perf_counter()
                 dt, t_step = now - t_step, now
+                self.train_time_s += dt
+                self.train_clips += clips_per_step
                 for k, v in step_losses.items():
                     window[k] = window.get(k, 0.0) + v
                 window_n += 1
@@ -435,8 +439,10 @@ class Trainer:
             test_loader = build_loader(cfg, cfg.data.test_split, "test", self.rank, self.world_size, self.out_dir)
             final.update(evaluate(eng, test_loader, cfg.train.eval_max_batches, prefix="test"))
         final["train/nonfinite_total"] = float(self.nonfinite_total)
+        final["train/time_s"] = self.train_time_s
+        final["train/avg_clips_per_s"] = self.train_clips / max(self.train_time_s, 1e-9)
         final["params_checksum"] = self.params_checksum()
-        self.tracker.log_metrics({k: v for k, v in final.items() if k.startswith(("val/", "test/"))}, step=self.step)
+        self.tracker.log_metrics({k: v for k, v in final.items() if k.startswith(("val/", "test/")) or k in ("train/time_s", "train/avg_clips_per_s")}, step=self.step)
         losses = [rec["train/loss"] for rec in history if "train/loss" in rec]
         write_json({"rank": self.rank, "params_checksum": final["params_checksum"], "train_loss": losses, "steps": [rec["step"] for rec in history]}, self.out_dir / f"rank_summary_{self.rank}.json")
         if self.is_rank_0:

@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Dense vs Turbo on the demo classification task: same steps, wall time, clips/s, validation top-1.
+
+    python scripts/bench_train.py --config configs/demo_classification.yaml \
+        --ds_config ds_configs/zero2.json --num_gpus 2 [--steps 600] [--write-docs]
+
+Each variant is a normal ``scripts/train.py`` launch (``deepspeed --num_gpus N``, or plain python for
+1) with overrides: dense = drop 0, no Partial-MAE; turbo = drop ``--drop`` (0.75) + Partial-MAE. Both
+runs log to one MLflow experiment (``bench_train``) in ``<out>/mlflow.db``. ``--write-docs`` replaces
+the "Training: dense vs Turbo" section of docs/benchmarks.md with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Training: dense vs Turbo (scripts/bench_train.py)"
+
+
+def run_variant(name: str, overrides: list[str], args, out: Path) -> dict:
+    run_dir = out / name
+    sets = [
+        f"output_dir={run_dir}",
+        f"train.max_steps={args.steps}",
+        "train.eval_every=0",
+        "train.progress_bar=false",
+        "checkpoint.every_steps=0",
+        "checkpoint.save_final=false",
+        "tracking.experiment=bench_train",
+        f"tracking.tracking_uri=sqlite:///{out.resolve()}/mlflow.db",
+        f"tracking.run_name={name}",
+        *overrides,
+        *args.set,
+    ]
+    train = [str(ROOT / "scripts" / "train.py"), "--config", args.config, "--ds_config", args.ds_config]
+    for s in sets:
+        train += ["--set", s]
+    if args.num_gpus > 1:
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(args.num_gpus), "--master_port", str(args.master_port), *train]
+    else:
+        cmd = [sys.executable, *train]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MLFLOW_TRACKING_URI")}
+    print(f"[bench_train] {name}: {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    return {
+        "variant": name,
+        "steps": args.steps,
+        "wall_s": wall,
+        "train_s": final["train/time_s"],
+        "clips_per_s": final["train/avg_clips_per_s"],
+        "tokens_per_s": final.get("train/tokens_per_s"),
+        "peak_mem_mb": final.get("train/peak_mem_mb"),
+        "val_top1": final.get("val/top1"),
+        "val_top5": final.get("val/top5"),
+        "test_top1": final.get("test/top1"),
+    }
+
+
+def table(results: list[dict], args) -> str:
+    dense, turbo = results
+    lines = [
+        SECTION,
+        "",
+        f"Demo classification task (4 motion directions, `{args.config}`), {args.steps} steps each, "
+        f"`{args.ds_config}`, {args.num_gpus} rank(s), {platform.machine()} CPU ({os.cpu_count()} cores), "
+        f"`python scripts/bench_train.py --steps {args.steps} --num_gpus {args.num_gpus}`. "
+        "Wall = the whole launch (start-up, data, evaluation); train = time inside optimizer steps; "
+        "val top-1 with all tokens, one centre view.",
+        "",
+        "| variant | token drop | Partial-MAE | wall (s) | train (s) | clips/s | peak mem (MiB) | val top-1 (%) | test top-1, multi-view (%) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r, drop, pmae in ((dense, 0.0, "no"), (turbo, args.drop, "yes")):
+        lines.append(
+            f"| {r['variant']} | {drop} | {pmae} | {r['wall_s']:.0f} | {r['train_s']:.0f} | {r['clips_per_s']:.1f} | "
+            f"{r['peak_mem_mb']:.0f} | {r['val_top1']:.1f} | {r['test_top1'] if r['test_top1'] is None else round(r['test_top1'], 1)} |"
+        )
+    lines += [
+        "",
+        f"Turbo / dense: train time x{turbo['train_s'] / dense['train_s']:.2f}, wall time x{turbo['wall_s'] / dense['wall_s']:.2f}, "
+        f"val top-1 {turbo['val_top1'] - dense['val_top1']:+.1f} points (target: within 2 points in at most 1/3 of the time).",
+        f"MLflow: `mlflow ui --backend-store-uri sqlite:///{(Path(args.out).resolve() / 'mlflow.db')}` (experiment `bench_train`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_docs(text: str, path: Path) -> None:
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if SECTION in old:
+        head, rest = old.split(SECTION, 1)
+        nxt = rest.find("\n## ")
+        tail = rest[nxt + 1 :] if nxt >= 0 else ""
+        new = head + text + ("\n" + tail if tail else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    path.write_text(new)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/demo_classification.yaml")
+    p.add_argument("--ds_config", default="ds_configs/zero2.json")
+    p.add_argument("--num_gpus", type=int, default=2)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--drop", type=float, default=0.75, help="Turbo token drop ratio")
+    p.add_argument("--out", default="runs/bench_train")
+    p.add_argument("--master_port", type=int, default=29511)
+    p.add_argument("--set", action="append", default=[], help="extra overrides for both variants")
+    p.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = [
+        run_variant("dense", ["token_dropout.drop_ratio=0.0", "token_dropout.final_dense_steps=0", "pmae.enabled=false"], args, out),
+        run_variant("turbo", [f"token_dropout.drop_ratio={args.drop}", "pmae.enabled=true"], args, out),
+    ]
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    text = table(results, args)
+    print(text)
+    if args.write_docs:
+        write_docs(text, ROOT / "docs" / "benchmarks.md")
+    return results
+
+
+if __name__ == "__main__":
+    main()
