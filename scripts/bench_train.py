@@ -44,10 +44,23 @@ def run_variant(name: str, overrides: list[str], args, out: Path) -> dict:
     for s in sets:
         train += ["--set", s]
     if args.num_gpus > 1:
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(args.num_gpus), "--master_port", str(args.master_port), *train]
+        cmd = [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_gpus",
+            str(args.num_gpus),
+            "--master_port",
+            str(args.master_port),
+            *train,
+        ]
     else:
         cmd = [sys.executable, *train]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MLFLOW_TRACKING_URI")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MLFLOW_TRACKING_URI")
+    }
     print(f"[bench_train] {name}: {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -125,7 +138,12 @@ def main(argv=None) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = [
-        run_variant("dense", ["token_dropout.drop_ratio=0.0", "token_dropout.final_dense_steps=0", "pmae.enabled=false"], args, out),
+        run_variant(
+            "dense",
+            ["token_dropout.drop_ratio=0.0", "token_dropout.final_dense_steps=0", "pmae.enabled=false"],
+            args,
+            out,
+        ),
         run_variant("turbo", [f"token_dropout.drop_ratio={args.drop}", "pmae.enabled=true"], args, out),
     ]
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Evaluate a checkpoint or exported weights on a split (multi-view), print and log top-1/top-5.
 
-    python scripts/eval.py --weights runs/demo/export.pt --split val --clips 2 --crops 3
-    deepspeed --num_gpus 2 scripts/eval.py --checkpoint runs/demo/checkpoints --split val
+python scripts/eval.py --weights runs/demo/export.pt --split val --clips 2 --crops 3
+deepspeed --num_gpus 2 scripts/eval.py --checkpoint runs/demo/checkpoints --split val
 """
 
 import sys

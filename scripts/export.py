@@ -22,12 +22,16 @@ def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (with 'latest') or a tag folder")
     p.add_argument("--tag", default=None, help="tag to export (default: latest)")
-    p.add_argument("--out", default=None, help="output .pt for fp32 weights (default: <checkpoint>/<tag>_vit_fp32.pt)")
+    p.add_argument(
+        "--out", default=None, help="output .pt for fp32 weights (default: <checkpoint>/<tag>_vit_fp32.pt)"
+    )
     p.add_argument("--universal", action="store_true", help="write a universal checkpoint instead")
     args = p.parse_args(argv)
     if args.universal:
         out = to_universal(args.checkpoint, args.tag)
-        print(f"universal checkpoint: {out} (resume with --resume {Path(out).parent} --set checkpoint.load_universal=true)")
+        print(
+            f"universal checkpoint: {out} (resume with --resume {Path(out).parent} --set checkpoint.load_universal=true)"
+        )
         return out
     from turbo_ds.engine.export import resolve_tag
 

@@ -45,7 +45,11 @@ def test_unknown_key_is_an_error_naming_it():
         ({"train": {"max_steps": 0}}, "train.max_steps", "0"),
         ({"data": {"test_crops": 2}}, "data.test_crops", "2"),
         ({"tracking": {"enabled": "true"}}, "tracking.enabled", "'true'"),
-        ({"token_dropout": {"final_dense_steps": 50}, "train": {"max_steps": 10}}, "token_dropout.final_dense_steps", "50"),
+        (
+            {"token_dropout": {"final_dense_steps": 50}, "train": {"max_steps": 10}},
+            "token_dropout.final_dense_steps",
+            "50",
+        ),
     ],
 )
 def test_bad_value_names_key_and_value(data, key, value):
@@ -57,7 +61,9 @@ def test_bad_value_names_key_and_value(data, key, value):
 def test_overrides_yaml_typed_and_roundtrip(tmp_path):
     src = tmp_path / "c.yaml"
     src.write_text("optim: {lr: 0.1}\ndata: {num_frames: 8}\n")
-    cfg = load_config(src, ["optim.lr=3e-4", "token_dropout.drop_ratio=0.75", "data.test_split=null", "pmae.enabled=true"])
+    cfg = load_config(
+        src, ["optim.lr=3e-4", "token_dropout.drop_ratio=0.75", "data.test_split=null", "pmae.enabled=true"]
+    )
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.token_dropout.drop_ratio == 0.75
     assert cfg.data.test_split is None and cfg.pmae.enabled is True and cfg.data.num_frames == 8
     out = save_config(cfg, tmp_path / "run" / "config.yaml")
@@ -86,16 +92,25 @@ def test_every_shipped_config_loads(path):
 def test_shipped_configs_exist():
     names = {p.name for p in CONFIGS}
     assert "demo_classification.yaml" in names and len(names) >= 3
-    assert {"zero0.json", "zero1.json", "zero2.json", "zero3.json", "zero3_offload.json"} <= {p.name for p in DS_CONFIGS}
+    assert {"zero0.json", "zero1.json", "zero2.json", "zero3.json", "zero3_offload.json"} <= {
+        p.name for p in DS_CONFIGS
+    }
 
 
 @pytest.mark.parametrize("path", DS_CONFIGS, ids=lambda p: p.name)
 def test_every_ds_config_fills(path):
     raw = load_ds_config(path)
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
         assert raw[key] == "auto", f"{path.name}: {key} must be 'auto' (owned by the trainer config)"
     assert raw["optimizer"]["params"]["lr"] == "auto"
-    cfg = config_from_dict({"optim": {"micro_batch_size": 4, "grad_accum_steps": 2, "lr": 5e-4, "grad_clip": 0.5}})
+    cfg = config_from_dict(
+        {"optim": {"micro_batch_size": 4, "grad_accum_steps": 2, "lr": 5e-4, "grad_clip": 0.5}}
+    )
     ds = fill_ds_config(path, cfg, world_size=2, bf16_supported=False)
     assert ds["train_batch_size"] == 16 and ds["train_micro_batch_size_per_gpu"] == 4
     assert ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 0.5
@@ -115,7 +130,11 @@ def test_mismatch_lists_every_field():
     with pytest.raises(ValueError) as e:
         fill_ds_config(ds, cfg, world_size=1)
     msg = str(e.value)
-    for field in ("train_micro_batch_size_per_gpu = 8", "gradient_clipping = 2.0", "optimizer.params.lr = 0.1"):
+    for field in (
+        "train_micro_batch_size_per_gpu = 8",
+        "gradient_clipping = 2.0",
+        "optimizer.params.lr = 0.1",
+    ):
         assert field in msg
     assert "optim.micro_batch_size" in msg and "optim.lr" in msg
 

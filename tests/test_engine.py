@@ -24,7 +24,9 @@ class TinyEncoder(nn.Module):
         super().__init__()
         self.patch_embed = nn.Linear(4, dim)
         self.pos_embed_spatial = nn.Parameter(torch.zeros(1, 2, dim))
-        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim)) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim)) for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 3)
 
@@ -55,7 +57,9 @@ def test_param_groups_no_decay_and_layer_decay():
             by_name[name] = g
     assert sum(len(g["params"]) for g in groups) == len(list(task.parameters()))
     decayed = {n for n, g in by_name.items() if g["weight_decay"] > 0}
-    expected = {"encoder.patch_embed.weight", "encoder.head.weight"} | {f"encoder.blocks.{i}.1.weight" for i in range(3)}
+    expected = {"encoder.patch_embed.weight", "encoder.head.weight"} | {
+        f"encoder.blocks.{i}.1.weight" for i in range(3)
+    }
     assert decayed == expected  # norms, biases and position embeddings get no decay
     # depth 3: embeddings layer 0 -> 0.5^4, block i -> 0.5^(3 - i), head/norm -> 1
     assert by_name["encoder.patch_embed.weight"]["lr_scale"] == pytest.approx(0.5**4)
@@ -95,11 +99,23 @@ STEPS = 4
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     torch.set_num_threads(1)
     from turbo_ds.engine import Engine
 
-    cfg = config_from_dict({"optim": {"micro_batch_size": 4, "grad_accum_steps": 2, "lr": 1e-2, "warmup_steps": 1}, "train": {"max_steps": STEPS}})
+    cfg = config_from_dict(
+        {
+            "optim": {"micro_batch_size": 4, "grad_accum_steps": 2, "lr": 1e-2, "warmup_steps": 1},
+            "train": {"max_steps": STEPS},
+        }
+    )
     results = {}
     for name in CONFIGS:
         eng = Engine.create(TinyTask(), cfg, ROOT / "ds_configs" / f"{name}.json")
@@ -108,7 +124,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         for _ in range(STEPS):
             step_loss = 0.0
             for _ in range(2):
-                b = eng.to_device({"x": torch.randn(4, 4, generator=g), "y": torch.randint(0, 3, (4,), generator=g)})
+                b = eng.to_device(
+                    {"x": torch.randn(4, 4, generator=g), "y": torch.randint(0, 3, (4,), generator=g)}
+                )
                 loss = eng(b)
                 eng.backward(loss)
                 eng.step()
@@ -119,7 +137,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             ck = Path(out_dir) / "ckpt"
             eng.save(ck, "global_step4", {"turbo_ds": {"step": 4}}, {"rank": rank})
             client, rank_state = eng.load(ck)
-            results["load"] = {"step": client["turbo_ds"]["step"], "rank_state": rank_state["rank"], "latest": (ck / "latest").read_text()}
+            results["load"] = {
+                "step": client["turbo_ds"]["step"],
+                "rank_state": rank_state["rank"],
+                "latest": (ck / "latest").read_text(),
+            }
     with open(Path(out_dir) / f"rank{rank}.json", "w") as f:
         json.dump(results, f)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from test_train import PY, ROOT, clean_env, launch, summaries, tiny_config, write_config
 
 STEPS = 6
@@ -21,10 +20,31 @@ STEPS = 6
 def trained(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("export")
     data = work / "demo"
-    subprocess.run([PY, "-m", "data_index", "demo", "--out", str(data), "--size", "tiny"], cwd=ROOT, env=clean_env(), check=True, capture_output=True)
+    subprocess.run(
+        [PY, "-m", "data_index", "demo", "--out", str(data), "--size", "tiny"],
+        cwd=ROOT,
+        env=clean_env(),
+        check=True,
+        capture_output=True,
+    )
     out = work / "run"
-    cfg = tiny_config(data, out, train={"max_steps": STEPS, "eval_every": 0}, checkpoint={"every_steps": 0}, data={"test_split": "val", "test_clips": 2})
-    launch(["scripts/train.py", "--ds_config", "ds_configs/zero2.json", "--config", str(write_config(cfg, work / "cfg.yaml"))], nprocs=2)
+    cfg = tiny_config(
+        data,
+        out,
+        train={"max_steps": STEPS, "eval_every": 0},
+        checkpoint={"every_steps": 0},
+        data={"test_split": "val", "test_clips": 2},
+    )
+    launch(
+        [
+            "scripts/train.py",
+            "--ds_config",
+            "ds_configs/zero2.json",
+            "--config",
+            str(write_config(cfg, work / "cfg.yaml")),
+        ],
+        nprocs=2,
+    )
     return out
 
 
@@ -33,7 +53,9 @@ def test_export_load_eval_matches_live_model(trained, tmp_path):
     from turbo_ds.models import VideoViT
 
     weights = tmp_path / "vit.pt"
-    launch(["scripts/export.py", "--checkpoint", str(trained / "checkpoints"), "--out", str(weights)], nprocs=1)
+    launch(
+        ["scripts/export.py", "--checkpoint", str(trained / "checkpoints"), "--out", str(weights)], nprocs=1
+    )
     model = load_exported(weights)
     assert isinstance(model, VideoViT) and not model.training and model.cfg.num_classes == 4
     sd, _ = consolidate(trained / "checkpoints")
@@ -42,7 +64,20 @@ def test_export_load_eval_matches_live_model(trained, tmp_path):
         logits = model(torch.randn(2, 3, 4, 32, 32))
     assert logits.shape == (2, 4)
 
-    proc = launch(["scripts/eval.py", "--weights", str(weights), "--split", "val", "--clips", "2", "--output_dir", str(tmp_path / "eval")], nprocs=1)
+    proc = launch(
+        [
+            "scripts/eval.py",
+            "--weights",
+            str(weights),
+            "--split",
+            "val",
+            "--clips",
+            "2",
+            "--output_dir",
+            str(tmp_path / "eval"),
+        ],
+        nprocs=1,
+    )
     assert "top-1" in proc.stdout
     got = json.loads((tmp_path / "eval" / "eval_val_metrics.json").read_text())
     live = json.loads((trained / "final_metrics.json").read_text())
@@ -53,7 +88,9 @@ def test_export_load_eval_matches_live_model(trained, tmp_path):
 
 def test_universal_checkpoint_resumes_on_one_rank(trained, tmp_path):
     launch(["scripts/export.py", "--checkpoint", str(trained / "checkpoints"), "--universal"], nprocs=1)
-    assert (trained / "checkpoints" / "latest_universal").read_text().strip() == f"global_step{STEPS}_universal"
+    assert (
+        trained / "checkpoints" / "latest_universal"
+    ).read_text().strip() == f"global_step{STEPS}_universal"
     cfg = yaml.safe_load((trained / "config.yaml").read_text())
     live = json.loads((trained / "final_metrics.json").read_text())
     two_rank_checksum = summaries(trained, 2)[0]["params_checksum"]
@@ -61,7 +98,15 @@ def test_universal_checkpoint_resumes_on_one_rank(trained, tmp_path):
     # Same step count: nothing to train, so the 1-rank model must be the 2-rank model.
     cfg.update(output_dir=str(tmp_path / "same"))
     cfg["tracking"]["enabled"] = False
-    args = ["scripts/train.py", "--ds_config", "ds_configs/zero2.json", "--resume", str(trained / "checkpoints"), "--set", "checkpoint.load_universal=true"]
+    args = [
+        "scripts/train.py",
+        "--ds_config",
+        "ds_configs/zero2.json",
+        "--resume",
+        str(trained / "checkpoints"),
+        "--set",
+        "checkpoint.load_universal=true",
+    ]
     proc = launch([*args, "--config", str(write_config(cfg, tmp_path / "same.yaml"))], nprocs=1)
     assert f"at step {STEPS}" in proc.stdout
     (s,) = summaries(tmp_path / "same", 1)

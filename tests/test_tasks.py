@@ -11,7 +11,10 @@ from turbo_ds.tasks import build_task, topk_accuracy
 
 
 def _cfg(**sections):
-    base = {"data": {"num_frames": 4, "img_size": 32}, "pmae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}}
+    base = {
+        "data": {"num_frames": 4, "img_size": 32},
+        "pmae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+    }
     for k, v in sections.items():
         base.setdefault(k, {}).update(v)
     return config_from_dict(base)
@@ -25,17 +28,28 @@ def _batch(b=4, views=None):
 
 def test_losses_sum_and_mae_weight():
     torch.manual_seed(0)
-    task = build_task(_cfg(token_dropout={"drop_ratio": 0.75}, pmae={"enabled": True, "pmae_ratio": 0.5}, task={"mae_weight": 0.3}), 5)
+    task = build_task(
+        _cfg(
+            token_dropout={"drop_ratio": 0.75},
+            pmae={"enabled": True, "pmae_ratio": 0.5},
+            task={"mae_weight": 0.3},
+        ),
+        5,
+    )
     torch.manual_seed(1)
     out = task(_batch())
     assert set(out.losses) == {"cls_loss", "mae_loss"}
     assert torch.allclose(out.loss, out.losses["cls_loss"] + out.losses["mae_loss"])
-    assert out.losses["mae_loss"].item() == pytest.approx(0.3 * out.metrics["mae_loss_unweighted"].item(), rel=1e-5)
+    assert out.losses["mae_loss"].item() == pytest.approx(
+        0.3 * out.metrics["mae_loss_unweighted"].item(), rel=1e-5
+    )
     assert out.batch_size == 4 and {"top1", "top5"} <= set(out.metrics)
     n_tokens = (4 // 2) * (32 // 8) ** 2
     assert out.extras["tokens_per_clip"] == n_tokens // 4  # 75% dropped
     out.loss.backward()
-    assert all(p.grad is not None for n, p in task.named_parameters() if p.requires_grad), "every parameter gets a gradient"
+    assert all(p.grad is not None for n, p in task.named_parameters() if p.requires_grad), (
+        "every parameter gets a gradient"
+    )
 
 
 def test_no_pmae_and_eval_sees_all_tokens():
@@ -52,11 +66,15 @@ def test_label_smoothing_applies_in_training_only():
     torch.manual_seed(0)
     out = task(batch)
     logits = out.extras["logits"]
-    assert out.losses["cls_loss"].item() == pytest.approx(F.cross_entropy(logits, batch["label"], label_smoothing=0.2).item(), rel=1e-5)
+    assert out.losses["cls_loss"].item() == pytest.approx(
+        F.cross_entropy(logits, batch["label"], label_smoothing=0.2).item(), rel=1e-5
+    )
     task.eval()
     with torch.no_grad():
         out = task(batch)
-    assert out.losses["cls_loss"].item() == pytest.approx(F.cross_entropy(out.extras["logits"], batch["label"]).item(), rel=1e-5)
+    assert out.losses["cls_loss"].item() == pytest.approx(
+        F.cross_entropy(out.extras["logits"], batch["label"]).item(), rel=1e-5
+    )
 
 
 def test_multiview_averages_softmax_over_views():

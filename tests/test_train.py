@@ -16,7 +16,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-LAUNCH_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE", "MLFLOW_TRACKING_URI")
+LAUNCH_ENV_KEYS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "LOCAL_WORLD_SIZE",
+    "MLFLOW_TRACKING_URI",
+)
 STEPS = 8
 
 
@@ -33,7 +41,15 @@ def tiny_config(data_dir: Path, out_dir: Path, **sections) -> dict:
         "model": {"name": "vit_debug"},
         "token_dropout": {"drop_ratio": 0.5},
         "pmae": {"enabled": True, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
-        "data": {"index": str(data_dir / "actions.parquet"), "root": str(data_dir), "num_frames": 4, "frame_stride": 2, "img_size": 32, "test_split": "val", "test_clips": 2},
+        "data": {
+            "index": str(data_dir / "actions.parquet"),
+            "root": str(data_dir),
+            "num_frames": 4,
+            "frame_stride": 2,
+            "img_size": 32,
+            "test_split": "val",
+            "test_clips": 2,
+        },
         "optim": {"micro_batch_size": 2, "lr": 3e-3, "warmup_steps": 1, "weight_decay": 0.0},
         "train": {"max_steps": STEPS, "eval_every": 4, "log_every": 1, "progress_bar": False},
         "checkpoint": {"every_steps": 4},
@@ -51,12 +67,23 @@ def write_config(cfg: dict, path: Path) -> Path:
 
 def launch(args: list[str], nprocs: int, timeout: int = 300) -> subprocess.CompletedProcess:
     if nprocs > 1:
-        cmd = [PY, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nprocs), "--master_port", str(_free_port()), *args]
+        cmd = [
+            PY,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_gpus",
+            str(nprocs),
+            "--master_port",
+            str(_free_port()),
+            *args,
+        ]
     else:
         cmd = [PY, *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -75,7 +102,13 @@ def summaries(out_dir: Path, world: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    subprocess.run([PY, "-m", "data_index", "demo", "--out", str(out), "--size", "tiny"], cwd=ROOT, env=clean_env(), check=True, capture_output=True)
+    subprocess.run(
+        [PY, "-m", "data_index", "demo", "--out", str(out), "--size", "tiny"],
+        cwd=ROOT,
+        env=clean_env(),
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -98,10 +131,14 @@ def test_two_rank_zero2_loss_falls_and_ranks_agree(run_a):
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, f"loss did not fall: {losses}"
     final = json.loads((run_a / "final_metrics.json").read_text())
-    assert final["val/num_samples"] == 4 and final["test/num_samples"] == 4  # every val clip once over both ranks
+    assert (
+        final["val/num_samples"] == 4 and final["test/num_samples"] == 4
+    )  # every val clip once over both ranks
     assert 0.0 <= final["val/top1"] <= 100.0
     assert (run_a / "checkpoints" / "latest").read_text() == f"global_step{STEPS}"
-    assert (run_a / "config.yaml").exists() and json.loads((run_a / "ds_config.json").read_text())["train_batch_size"] == 4
+    assert (run_a / "config.yaml").exists() and json.loads((run_a / "ds_config.json").read_text())[
+        "train_batch_size"
+    ] == 4
 
 
 def test_mlflow_run_has_params_metrics_artifacts(run_a):
@@ -114,7 +151,16 @@ def test_mlflow_run_has_params_metrics_artifacts(run_a):
     assert p["optim.lr"] == "0.003" and p["token_dropout.drop_ratio"] == "0.5" and p["world_size"] == "2"
     assert p["ds.zero_optimization.stage"] == "2" and p["ds.train_batch_size"] == "4"
     assert "version.torch" in p and "version.deepspeed" in p and "git_commit" in p
-    for key in ("train/loss", "train/cls_loss", "train/mae_loss", "train/lr", "train/clips_per_s", "train/tokens_per_s", "train/step_time_s", "train/peak_mem_mb"):
+    for key in (
+        "train/loss",
+        "train/cls_loss",
+        "train/mae_loss",
+        "train/lr",
+        "train/clips_per_s",
+        "train/tokens_per_s",
+        "train/step_time_s",
+        "train/peak_mem_mb",
+    ):
         hist = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in hist] == list(range(1, STEPS + 1)), key
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/top1")] == [4, STEPS]
@@ -135,7 +181,18 @@ def test_resume_is_exact(run_a, tmp_path):
     cfg_a = yaml.safe_load((run_a / "config.yaml").read_text())  # the resolved config A wrote
     cfg_a["output_dir"] = str(out)
     cfg = write_config(cfg_a, tmp_path / "cfg.yaml")
-    launch(["scripts/train.py", "--ds_config", "ds_configs/zero2.json", "--config", str(cfg), "--resume", "latest"], nprocs=2)
+    launch(
+        [
+            "scripts/train.py",
+            "--ds_config",
+            "ds_configs/zero2.json",
+            "--config",
+            str(cfg),
+            "--resume",
+            "latest",
+        ],
+        nprocs=2,
+    )
     a, b = summaries(run_a, 2)[0], summaries(out, 2)[0]
     assert b["steps"] == list(range(5, STEPS + 1))
     assert b["train_loss"] == a["train_loss"][4:], "resumed losses differ from the uninterrupted run"
@@ -144,13 +201,35 @@ def test_resume_is_exact(run_a, tmp_path):
 
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("test_train").experiment_id])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, STEPS + 1)) + list(range(5, STEPS + 1))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(
+        range(1, STEPS + 1)
+    ) + list(range(5, STEPS + 1))
 
 
 def test_single_process_python_zero3(demo_data, tmp_path):
     out = tmp_path / "out"
-    cfg = write_config(tiny_config(demo_data, out, train={"max_steps": 3, "eval_every": 0}, checkpoint={"every_steps": 0}, data={"test_split": None}), tmp_path / "cfg.yaml")
-    proc = launch(["scripts/train.py", "--ds_config", "ds_configs/zero3.json", "--config", str(cfg), "--set", "model.activation_checkpointing=deepspeed"], nprocs=1)
+    cfg = write_config(
+        tiny_config(
+            demo_data,
+            out,
+            train={"max_steps": 3, "eval_every": 0},
+            checkpoint={"every_steps": 0},
+            data={"test_split": None},
+        ),
+        tmp_path / "cfg.yaml",
+    )
+    proc = launch(
+        [
+            "scripts/train.py",
+            "--ds_config",
+            "ds_configs/zero3.json",
+            "--config",
+            str(cfg),
+            "--set",
+            "model.activation_checkpointing=deepspeed",
+        ],
+        nprocs=1,
+    )
     assert "ZeRO stage 3" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     (s,) = summaries(out, 1)
     assert s["steps"] == [1, 2, 3] and all(math.isfinite(v) for v in s["train_loss"])
@@ -179,14 +258,36 @@ def test_nonfinite_losses_are_skipped_then_stop(demo_data, tmp_path, monkeypatch
 
     monkeypatch.setattr(ClassificationTask, "forward", flaky)
     bad_calls = {2, 3}
-    cfg = write_config(tiny_config(demo_data, tmp_path / "a", train={"max_steps": 3, "eval_every": 0, "max_nonfinite_in_row": 3}, checkpoint={"every_steps": 0, "save_final": False}, data={"test_split": None}, tracking={"enabled": False}), tmp_path / "a.yaml")
+    cfg = write_config(
+        tiny_config(
+            demo_data,
+            tmp_path / "a",
+            train={"max_steps": 3, "eval_every": 0, "max_nonfinite_in_row": 3},
+            checkpoint={"every_steps": 0, "save_final": False},
+            data={"test_split": None},
+            tracking={"enabled": False},
+        ),
+        tmp_path / "a.yaml",
+    )
     final = trainer.main(["--config", str(cfg), "--ds_config", "ds_configs/zero0.json"])
     assert final["train/nonfinite_total"] == 2 and final["step"] == 3 and math.isfinite(final["train/loss"])
 
     calls["n"] = 0
     bad_calls = set(range(2, 100))
-    cfg = write_config(tiny_config(demo_data, tmp_path / "b", train={"max_steps": 3, "eval_every": 0, "max_nonfinite_in_row": 3}, checkpoint={"every_steps": 0, "save_final": False}, data={"test_split": None}, tracking={"enabled": False}), tmp_path / "b.yaml")
-    with pytest.raises(trainer.NonFiniteLossError, match=r"3 non-finite losses in a row .*max_nonfinite_in_row = 3"):
+    cfg = write_config(
+        tiny_config(
+            demo_data,
+            tmp_path / "b",
+            train={"max_steps": 3, "eval_every": 0, "max_nonfinite_in_row": 3},
+            checkpoint={"every_steps": 0, "save_final": False},
+            data={"test_split": None},
+            tracking={"enabled": False},
+        ),
+        tmp_path / "b.yaml",
+    )
+    with pytest.raises(
+        trainer.NonFiniteLossError, match=r"3 non-finite losses in a row .*max_nonfinite_in_row = 3"
+    ):
         trainer.main(["--config", str(cfg), "--ds_config", "ds_configs/zero0.json"])
 
 

@@ -12,6 +12,7 @@ This module imports nothing heavy (no torch, no deepspeed), so scripts can valid
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -59,12 +60,42 @@ class ModelConfig:
     """How many transformer blocks to checkpoint (-1 = all)."""
 
     def __post_init__(self) -> None:
-        _check(self.drop_path_rate >= 0 and self.drop_path_rate < 1, "model.drop_path_rate", self.drop_path_rate, "must be in [0, 1)")
-        _check(self.num_classes is None or self.num_classes >= 0, "model.num_classes", self.num_classes, "must be >= 0")
-        _check(self.pretrained_format in ("auto", "videomae", "timm", "open_clip", "turbo_ds"), "model.pretrained_format", self.pretrained_format, "must be auto, videomae, timm, open_clip or turbo_ds")
-        _check(self.inflation in ("center", "average"), "model.inflation", self.inflation, "must be center or average")
-        _check(self.activation_checkpointing in ("none", "torch", "deepspeed", "fairscale"), "model.activation_checkpointing", self.activation_checkpointing, "must be none, torch, deepspeed or fairscale")
-        _check(self.checkpoint_num_blocks >= -1, "model.checkpoint_num_blocks", self.checkpoint_num_blocks, "must be -1 (all) or >= 0")
+        _check(
+            self.drop_path_rate >= 0 and self.drop_path_rate < 1,
+            "model.drop_path_rate",
+            self.drop_path_rate,
+            "must be in [0, 1)",
+        )
+        _check(
+            self.num_classes is None or self.num_classes >= 0,
+            "model.num_classes",
+            self.num_classes,
+            "must be >= 0",
+        )
+        _check(
+            self.pretrained_format in ("auto", "videomae", "timm", "open_clip", "turbo_ds"),
+            "model.pretrained_format",
+            self.pretrained_format,
+            "must be auto, videomae, timm, open_clip or turbo_ds",
+        )
+        _check(
+            self.inflation in ("center", "average"),
+            "model.inflation",
+            self.inflation,
+            "must be center or average",
+        )
+        _check(
+            self.activation_checkpointing in ("none", "torch", "deepspeed", "fairscale"),
+            "model.activation_checkpointing",
+            self.activation_checkpointing,
+            "must be none, torch, deepspeed or fairscale",
+        )
+        _check(
+            self.checkpoint_num_blocks >= -1,
+            "model.checkpoint_num_blocks",
+            self.checkpoint_num_blocks,
+            "must be -1 (all) or >= 0",
+        )
 
 
 @dataclass
@@ -80,8 +111,18 @@ class TokenDropoutConfig:
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.drop_ratio < 1.0, "token_dropout.drop_ratio", self.drop_ratio, "must be in [0, 1)")
-        _check(self.strategy in ("random", "tube", "frame_uniform"), "token_dropout.strategy", self.strategy, "must be random, tube or frame_uniform")
-        _check(self.final_dense_steps >= 0, "token_dropout.final_dense_steps", self.final_dense_steps, "must be >= 0")
+        _check(
+            self.strategy in ("random", "tube", "frame_uniform"),
+            "token_dropout.strategy",
+            self.strategy,
+            "must be random, tube or frame_uniform",
+        )
+        _check(
+            self.final_dense_steps >= 0,
+            "token_dropout.final_dense_steps",
+            self.final_dense_steps,
+            "must be >= 0",
+        )
 
 
 @dataclass
@@ -152,11 +193,21 @@ class DataConfig:
         _check(self.frame_stride > 0, "data.frame_stride", self.frame_stride, "must be > 0")
         _check(self.img_size > 0, "data.img_size", self.img_size, "must be > 0")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
-        _check(self.eval_batch_size is None or self.eval_batch_size > 0, "data.eval_batch_size", self.eval_batch_size, "must be > 0")
+        _check(
+            self.eval_batch_size is None or self.eval_batch_size > 0,
+            "data.eval_batch_size",
+            self.eval_batch_size,
+            "must be > 0",
+        )
         _check(self.test_clips >= 1, "data.test_clips", self.test_clips, "must be >= 1")
         _check(self.test_crops in (1, 3), "data.test_crops", self.test_crops, "must be 1 or 3")
         _check(0.0 <= self.hflip <= 1.0, "data.hflip", self.hflip, "must be in [0, 1]")
-        _check(self.backend in ("decord", "pyav", "auto"), "data.backend", self.backend, "must be decord, pyav or auto")
+        _check(
+            self.backend in ("decord", "pyav", "auto"),
+            "data.backend",
+            self.backend,
+            "must be decord, pyav or auto",
+        )
         _check(self.max_failures >= 0, "data.max_failures", self.max_failures, "must be >= 0")
 
 
@@ -173,7 +224,12 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         _check(self.name in ("classification",), "task.name", self.name, "must be one of: classification")
-        _check(0.0 <= self.label_smoothing < 1.0, "task.label_smoothing", self.label_smoothing, "must be in [0, 1)")
+        _check(
+            0.0 <= self.label_smoothing < 1.0,
+            "task.label_smoothing",
+            self.label_smoothing,
+            "must be in [0, 1)",
+        )
         _check(self.mae_weight >= 0, "task.mae_weight", self.mae_weight, "must be >= 0")
 
 
@@ -207,11 +263,21 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _check(self.micro_batch_size > 0, "optim.micro_batch_size", self.micro_batch_size, "must be > 0")
         _check(self.grad_accum_steps > 0, "optim.grad_accum_steps", self.grad_accum_steps, "must be > 0")
-        _check(self.global_batch_size is None or self.global_batch_size > 0, "optim.global_batch_size", self.global_batch_size, "must be > 0")
+        _check(
+            self.global_batch_size is None or self.global_batch_size > 0,
+            "optim.global_batch_size",
+            self.global_batch_size,
+            "must be > 0",
+        )
         _check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
         _check(0 <= self.min_lr <= self.lr, "optim.min_lr", self.min_lr, "must be in [0, optim.lr]")
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", self.betas, "must be two numbers in [0, 1)")
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "optim.betas",
+            self.betas,
+            "must be two numbers in [0, 1)",
+        )
         _check(self.eps > 0, "optim.eps", self.eps, "must be > 0")
         _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
         _check(0 < self.layer_decay <= 1, "optim.layer_decay", self.layer_decay, "must be in (0, 1]")
@@ -238,9 +304,19 @@ class LoopConfig:
     def __post_init__(self) -> None:
         _check(self.max_steps > 0, "train.max_steps", self.max_steps, "must be > 0")
         _check(self.eval_every >= 0, "train.eval_every", self.eval_every, "must be >= 0")
-        _check(self.eval_max_batches is None or self.eval_max_batches > 0, "train.eval_max_batches", self.eval_max_batches, "must be > 0 or null")
+        _check(
+            self.eval_max_batches is None or self.eval_max_batches > 0,
+            "train.eval_max_batches",
+            self.eval_max_batches,
+            "must be > 0 or null",
+        )
         _check(self.log_every > 0, "train.log_every", self.log_every, "must be > 0")
-        _check(self.max_nonfinite_in_row > 0, "train.max_nonfinite_in_row", self.max_nonfinite_in_row, "must be > 0")
+        _check(
+            self.max_nonfinite_in_row > 0,
+            "train.max_nonfinite_in_row",
+            self.max_nonfinite_in_row,
+            "must be > 0",
+        )
 
 
 @dataclass
@@ -293,10 +369,30 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(bool(self.output_dir), "output_dir", self.output_dir, "must be a path")
         m, d = self.model, self.data
-        _check(m.num_frames is None or m.num_frames == d.num_frames, "model.num_frames", m.num_frames, f"must equal data.num_frames ({d.num_frames}) or be null")
-        _check(m.img_size is None or m.img_size == d.img_size, "model.img_size", m.img_size, f"must equal data.img_size ({d.img_size}) or be null")
-        _check(self.token_dropout.final_dense_steps <= self.train.max_steps, "token_dropout.final_dense_steps", self.token_dropout.final_dense_steps, f"must be <= train.max_steps ({self.train.max_steps})")
-        _check(self.optim.warmup_steps <= self.train.max_steps, "optim.warmup_steps", self.optim.warmup_steps, f"must be <= train.max_steps ({self.train.max_steps})")
+        _check(
+            m.num_frames is None or m.num_frames == d.num_frames,
+            "model.num_frames",
+            m.num_frames,
+            f"must equal data.num_frames ({d.num_frames}) or be null",
+        )
+        _check(
+            m.img_size is None or m.img_size == d.img_size,
+            "model.img_size",
+            m.img_size,
+            f"must equal data.img_size ({d.img_size}) or be null",
+        )
+        _check(
+            self.token_dropout.final_dense_steps <= self.train.max_steps,
+            "token_dropout.final_dense_steps",
+            self.token_dropout.final_dense_steps,
+            f"must be <= train.max_steps ({self.train.max_steps})",
+        )
+        _check(
+            self.optim.warmup_steps <= self.train.max_steps,
+            "optim.warmup_steps",
+            self.optim.warmup_steps,
+            f"must be <= train.max_steps ({self.train.max_steps})",
+        )
 
 
 # --------------------------------------------------------------------------- building from dicts
@@ -343,11 +439,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "must be a number")
+        _check(
+            isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "must be a number"
+        )
         return float(value)
     if tp is str:
         _check(isinstance(value, str), key, value, "must be a string")
@@ -405,7 +501,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         with open(path) as f:
             data = yaml.safe_load(f) or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must contain a mapping of sections, got {type(data).__name__}")
+            raise ConfigError(
+                f"config file {path} must contain a mapping of sections, got {type(data).__name__}"
+            )
     apply_overrides(data, overrides)
     return config_from_dict(data)
 

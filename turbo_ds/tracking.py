@@ -28,7 +28,11 @@ def default_tracking_uri(output_dir: str | Path, configured: str | None = None) 
 def git_commit(cwd: str | Path | None = None) -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd or Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -94,7 +98,9 @@ class MlflowTracker(NullTracker):
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=artifact_location
+            )
         else:
             self.experiment_id = exp.experiment_id
         run = None
@@ -104,7 +110,9 @@ class MlflowTracker(NullTracker):
             try:
                 run = self.client.get_run(run_id)
             except MlflowException:
-                print(f"[turbo_ds] MLflow run {run_id} is not in {tracking_uri}; starting a new run", flush=True)
+                print(
+                    f"[turbo_ds] MLflow run {run_id} is not in {tracking_uri}; starting a new run", flush=True
+                )
         if run is not None:
             if run.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
@@ -173,7 +181,13 @@ def create_tracker(
     artifact_location = None
     if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI") and not tracking_uri:
         artifact_location = (output_dir.resolve() / "mlartifacts").as_uri()
-    return MlflowTracker(experiment, uri, run_name=run_name or output_dir.name, run_id=run_id, artifact_location=artifact_location)
+    return MlflowTracker(
+        experiment,
+        uri,
+        run_name=run_name or output_dir.name,
+        run_id=run_id,
+        artifact_location=artifact_location,
+    )
 
 
 def write_json(data: dict[str, Any], path: str | Path) -> Path:

@@ -113,11 +113,19 @@ def build_loader(cfg: TrainConfig, split: str, kind: str, rank: int, world_size:
     )
     eval_bs = d.eval_batch_size or cfg.optim.micro_batch_size
     if kind == "train":
-        return build_dataloader(d.index, train=True, batch_size=cfg.optim.micro_batch_size, hflip=d.hflip, **common)
+        return build_dataloader(
+            d.index, train=True, batch_size=cfg.optim.micro_batch_size, hflip=d.hflip, **common
+        )
     if kind == "val":
         return build_dataloader(d.index, train=False, batch_size=eval_bs, **common)
     return build_dataloader(
-        d.index, train=False, batch_size=eval_bs, sampler="multiview", num_clips=d.test_clips, num_crops=d.test_crops, **common
+        d.index,
+        train=False,
+        batch_size=eval_bs,
+        sampler="multiview",
+        num_clips=d.test_clips,
+        num_crops=d.test_crops,
+        **common,
     )
 
 
@@ -201,10 +209,20 @@ class Trainer:
         if cfg.model.activation_checkpointing != "none":
             n = None if cfg.model.checkpoint_num_blocks < 0 else cfg.model.checkpoint_num_blocks
             offload = bool(self.ds_config.get("activation_checkpointing", {}).get("cpu_checkpointing", False))
-            apply_activation_checkpointing(self.task, cfg.model.activation_checkpointing, n, offload_to_cpu=offload, ds_config=self.ds_config)
+            apply_activation_checkpointing(
+                self.task,
+                cfg.model.activation_checkpointing,
+                n,
+                offload_to_cpu=offload,
+                ds_config=self.ds_config,
+            )
         self.engine = Engine(self.task, self.ds_config, cfg)
         self.train_loader = build_loader(cfg, cfg.data.train_split, "train", rank, world, self.out_dir)
-        self.val_loader = build_loader(cfg, cfg.data.val_split, "val", rank, world, self.out_dir) if cfg.data.val_split else None
+        self.val_loader = (
+            build_loader(cfg, cfg.data.val_split, "val", rank, world, self.out_dir)
+            if cfg.data.val_split
+            else None
+        )
 
         self.step = 0
         self.epoch = 0
@@ -222,7 +240,15 @@ class Trainer:
             with open(self.out_dir / "ds_config.json", "w") as f:
                 json.dump(self.ds_config, f, indent=2)
         t = cfg.tracking
-        self.tracker = create_tracker(t.enabled, self.is_rank_0, self.out_dir, t.experiment, t.run_name, t.tracking_uri, run_id=self.run_id)
+        self.tracker = create_tracker(
+            t.enabled,
+            self.is_rank_0,
+            self.out_dir,
+            t.experiment,
+            t.run_name,
+            t.tracking_uri,
+            run_id=self.run_id,
+        )
         self.run_id = self.tracker.run_id
         if self.is_rank_0 and self.step == 0:
             self._log_params()
@@ -242,7 +268,9 @@ class Trainer:
         params = flatten(config_to_dict(self.cfg))
         params.update({f"ds.{k}": v for k, v in flatten(self.ds_config).items()})
         params.update(library_versions())
-        params.update({"world_size": self.world_size, "git_commit": git_commit(), "num_classes": self.num_classes})
+        params.update(
+            {"world_size": self.world_size, "git_commit": git_commit(), "num_classes": self.num_classes}
+        )
         params["num_parameters"] = sum(p.numel() for p in self.task.parameters())
         self.tracker.log_params(params)
         self.tracker.log_artifact(self.out_dir / "config.yaml")
@@ -286,7 +314,9 @@ class Trainer:
                 # Different world size (universal checkpoint): the shard order changes, so keep the
                 # epoch and skip about as many samples as the old ranks consumed together.
                 consumed = int(data_state["position"]) * old_world
-                data_state = dict(data_state, world_size=self.world_size, position=consumed // self.world_size)
+                data_state = dict(
+                    data_state, world_size=self.world_size, position=consumed // self.world_size
+                )
             self.train_loader.load_state_dict(data_state)
         if rank_state is not None and "rng" in rank_state:
             set_rng_state(rank_state["rng"])
@@ -319,7 +349,9 @@ class Trainer:
         if self.is_rank_0 and tcfg.progress_bar:
             from tqdm import tqdm
 
-            bar = tqdm(total=tcfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stdout)
+            bar = tqdm(
+                total=tcfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stdout
+            )
         self.log(
             f"training {type(self.task).__name__} for {tcfg.max_steps} steps on {self.world_size} rank(s), "
             f"{clips_per_step} clips/step, ds precision {eng.precision}, ZeRO stage "
@@ -351,7 +383,9 @@ class Trainer:
                         # accumulation counter does not move; the next batch takes its place.
                         nonfinite_in_row += 1
                         self.nonfinite_total += 1
-                        self.log(f"non-finite loss at step {self.step} (skipped; {nonfinite_in_row} in a row, {self.nonfinite_total} total)")
+                        self.log(
+                            f"non-finite loss at step {self.step} (skipped; {nonfinite_in_row} in a row, {self.nonfinite_total} total)"
+                        )
                         if nonfinite_in_row >= tcfg.max_nonfinite_in_row:
                             raise NonFiniteLossError(
                                 f"{nonfinite_in_row} non-finite losses in a row at step {self.step} "
@@ -378,12 +412,18 @@ class Trainer:
                 window_time += dt
                 window_tokens += tokens
                 if bar is not None:
-                    bar.set_postfix(loss=f"{step_losses['loss']:.3f}", clips_s=f"{clips_per_step / max(dt, 1e-9):.1f}", refresh=False)
+                    bar.set_postfix(
+                        loss=f"{step_losses['loss']:.3f}",
+                        clips_s=f"{clips_per_step / max(dt, 1e-9):.1f}",
+                        refresh=False,
+                    )
                     bar.update(1)
 
                 if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps:
                     keys = sorted(window)
-                    vec = eng.all_reduce_mean(torch.tensor([window[k] / window_n for k in keys] + [window_tokens]))
+                    vec = eng.all_reduce_mean(
+                        torch.tensor([window[k] / window_n for k in keys] + [window_tokens])
+                    )
                     rec = {f"train/{k}": float(v) for k, v in zip(keys, vec[:-1].tolist(), strict=True)}
                     tok_all = float(vec[-1]) * self.world_size
                     rec.update(
@@ -392,7 +432,9 @@ class Trainer:
                             "train/clips_per_s": clips_per_step * window_n / max(window_time, 1e-9),
                             "train/tokens_per_s": tok_all / max(window_time, 1e-9),
                             "train/step_time_s": window_time / window_n,
-                            "train/peak_mem_mb": float(eng.all_reduce_max(torch.tensor(peak_memory_mb(eng.device)))),
+                            "train/peak_mem_mb": float(
+                                eng.all_reduce_max(torch.tensor(peak_memory_mb(eng.device)))
+                            ),
                             "train/nonfinite_total": float(self.nonfinite_total),
                             "train/epoch": float(self.epoch),
                         }
@@ -404,10 +446,18 @@ class Trainer:
                     window, window_n, window_time, window_tokens = {}, 0, 0.0, 0.0
                     t_step = time.perf_counter()
 
-                if self.val_loader is not None and tcfg.eval_every and self.step % tcfg.eval_every == 0 and self.step < tcfg.max_steps:
+                if (
+                    self.val_loader is not None
+                    and tcfg.eval_every
+                    and self.step % tcfg.eval_every == 0
+                    and self.step < tcfg.max_steps
+                ):
                     last_eval = evaluate(eng, self.val_loader, tcfg.eval_max_batches)
                     self.tracker.log_metrics(last_eval, step=self.step)
-                    self.log(f"step {self.step}: " + ", ".join(f"{k} {v:.2f}" for k, v in last_eval.items() if "top" in k or "loss" in k))
+                    self.log(
+                        f"step {self.step}: "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in last_eval.items() if "top" in k or "loss" in k)
+                    )
                     t_step = time.perf_counter()
                 every = cfg.checkpoint.every_steps
                 if every and self.step % every == 0 and self.step < tcfg.max_steps:
@@ -436,15 +486,32 @@ class Trainer:
         if self.val_loader is not None:
             final.update(evaluate(eng, self.val_loader, cfg.train.eval_max_batches))
         if cfg.data.test_split:
-            test_loader = build_loader(cfg, cfg.data.test_split, "test", self.rank, self.world_size, self.out_dir)
+            test_loader = build_loader(
+                cfg, cfg.data.test_split, "test", self.rank, self.world_size, self.out_dir
+            )
             final.update(evaluate(eng, test_loader, cfg.train.eval_max_batches, prefix="test"))
         final["train/nonfinite_total"] = float(self.nonfinite_total)
         final["train/time_s"] = self.train_time_s
         final["train/avg_clips_per_s"] = self.train_clips / max(self.train_time_s, 1e-9)
         final["params_checksum"] = self.params_checksum()
-        self.tracker.log_metrics({k: v for k, v in final.items() if k.startswith(("val/", "test/")) or k in ("train/time_s", "train/avg_clips_per_s")}, step=self.step)
+        self.tracker.log_metrics(
+            {
+                k: v
+                for k, v in final.items()
+                if k.startswith(("val/", "test/")) or k in ("train/time_s", "train/avg_clips_per_s")
+            },
+            step=self.step,
+        )
         losses = [rec["train/loss"] for rec in history if "train/loss" in rec]
-        write_json({"rank": self.rank, "params_checksum": final["params_checksum"], "train_loss": losses, "steps": [rec["step"] for rec in history]}, self.out_dir / f"rank_summary_{self.rank}.json")
+        write_json(
+            {
+                "rank": self.rank,
+                "params_checksum": final["params_checksum"],
+                "train_loss": losses,
+                "steps": [rec["step"] for rec in history],
+            },
+            self.out_dir / f"rank_summary_{self.rank}.json",
+        )
         if self.is_rank_0:
             write_json(final, self.out_dir / "final_metrics.json")
             with open(self.out_dir / "history.jsonl", "a") as f:
@@ -454,7 +521,9 @@ class Trainer:
         for split in ("val", "test"):
             if f"{split}/top1" in final:
                 chance = 100.0 / max(1, self.num_classes)
-                self.log(f"{split} top-1 {final[f'{split}/top1']:.2f}% top-5 {final.get(f'{split}/top5', float('nan')):.2f}% (chance {chance:.1f}%) on {int(final[f'{split}/num_samples'])} clips")
+                self.log(
+                    f"{split} top-1 {final[f'{split}/top1']:.2f}% top-5 {final.get(f'{split}/top5', float('nan')):.2f}% (chance {chance:.1f}%) on {int(final[f'{split}/num_samples'])} clips"
+                )
         if self.is_rank_0 and self.tracker.ui_command():
             self.log(f"MLflow run {self.run_id}; open the UI with:\n    {self.tracker.ui_command()}")
         return final
@@ -474,9 +543,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train a token-dropout video ViT with DeepSpeed (turbo_ds).")
     p.add_argument("--config", required=True, help="experiment YAML (see configs/)")
     p.add_argument("--ds_config", required=True, help="DeepSpeed JSON (see ds_configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
-    p.add_argument("--resume", default=None, help="'latest' (the run folder's latest checkpoint) or a checkpoint path")
-    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
+    p.add_argument(
+        "--resume", default=None, help="'latest' (the run folder's latest checkpoint) or a checkpoint path"
+    )
+    p.add_argument(
+        "--local_rank", type=int, default=None, help=argparse.SUPPRESS
+    )  # passed by the deepspeed launcher
     return p
 
 
@@ -497,9 +577,15 @@ def build_eval_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="DeepSpeed checkpoint folder (with 'latest') or a tag folder")
     src.add_argument("--weights", help="file written by scripts/export.py")
-    p.add_argument("--config", default=None, help="experiment YAML (default: the config stored with the weights)")
-    p.add_argument("--ds_config", default=str(Path(__file__).resolve().parents[1] / "ds_configs" / "zero0.json"))
-    p.add_argument("--split", default=None, help="split to evaluate (default: data.test_split, else data.val_split)")
+    p.add_argument(
+        "--config", default=None, help="experiment YAML (default: the config stored with the weights)"
+    )
+    p.add_argument(
+        "--ds_config", default=str(Path(__file__).resolve().parents[1] / "ds_configs" / "zero0.json")
+    )
+    p.add_argument(
+        "--split", default=None, help="split to evaluate (default: data.test_split, else data.val_split)"
+    )
     p.add_argument("--clips", type=int, default=None, help="temporal views (default: data.test_clips)")
     p.add_argument("--crops", type=int, default=None, help="spatial views, 1 or 3 (default: data.test_crops)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -542,16 +628,24 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
         model=dataclasses.replace(cfg.model, pretrained=None, activation_checkpointing="none"),
         pmae=dataclasses.replace(cfg.pmae, enabled=False),
         output_dir=args.output_dir or cfg.output_dir,
-        data=dataclasses.replace(cfg.data, test_clips=args.clips or cfg.data.test_clips, test_crops=args.crops or cfg.data.test_crops),
+        data=dataclasses.replace(
+            cfg.data,
+            test_clips=args.clips or cfg.data.test_clips,
+            test_crops=args.crops or cfg.data.test_crops,
+        ),
     )
     split = args.split or cfg.data.test_split or cfg.data.val_split
     rank, world = distributed.init_distributed()
     ds = resolve_ds_config(args.ds_config, cfg, world)
     task = build_task(cfg, num_classes)
-    missing, unexpected = task.load_state_dict({k: v for k, v in sd.items() if not k.startswith("model.pmae.")}, strict=False)
+    missing, unexpected = task.load_state_dict(
+        {k: v for k, v in sd.items() if not k.startswith("model.pmae.")}, strict=False
+    )
     missing = [k for k in missing if not k.startswith("model.pmae.")]
     if missing or unexpected:
-        raise ValueError(f"weights from {source} do not fit the model: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"weights from {source} do not fit the model: missing {missing}, unexpected {unexpected}"
+        )
     engine = Engine(task, ds, cfg)
     out_dir = Path(cfg.output_dir)
     loader = build_loader(cfg, split, "test", rank, world, out_dir)
@@ -559,11 +653,21 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
     metrics = evaluate(engine, loader, prefix=f"eval_{split}")
     metrics[f"eval_{split}/views"] = float(views)
     if engine.is_rank_0:
-        print(f"[turbo_ds] {source} on '{split}' ({int(metrics[f'eval_{split}/num_samples'])} videos, {views} view(s)): "
-              f"top-1 {metrics.get(f'eval_{split}/top1', float('nan')):.2f}% top-5 {metrics.get(f'eval_{split}/top5', float('nan')):.2f}%", flush=True)
+        print(
+            f"[turbo_ds] {source} on '{split}' ({int(metrics[f'eval_{split}/num_samples'])} videos, {views} view(s)): "
+            f"top-1 {metrics.get(f'eval_{split}/top1', float('nan')):.2f}% top-5 {metrics.get(f'eval_{split}/top5', float('nan')):.2f}%",
+            flush=True,
+        )
         write_json(metrics, out_dir / f"eval_{split}_metrics.json")
     t = cfg.tracking
-    tracker = create_tracker(t.enabled, engine.is_rank_0, out_dir, t.experiment, f"eval-{Path(source).name}-{split}", t.tracking_uri)
+    tracker = create_tracker(
+        t.enabled,
+        engine.is_rank_0,
+        out_dir,
+        t.experiment,
+        f"eval-{Path(source).name}-{split}",
+        t.tracking_uri,
+    )
     tracker.log_params({"eval.source": source, "eval.split": split, "eval.views": views, "world_size": world})
     tracker.log_metrics(metrics, step=0)
     tracker.finish()

@@ -9,7 +9,14 @@ users (config checks, the optimizer helpers) do not pay for importing deepspeed.
 from turbo_ds.engine.ds_config import fill_ds_config, load_ds_config
 from turbo_ds.engine.optim import WarmupCosineSchedule, param_groups, warmup_cosine
 
-__all__ = ["Engine", "WarmupCosineSchedule", "fill_ds_config", "load_ds_config", "param_groups", "warmup_cosine"]
+__all__ = [
+    "Engine",
+    "WarmupCosineSchedule",
+    "fill_ds_config",
+    "load_ds_config",
+    "param_groups",
+    "warmup_cosine",
+]
 
 
 def __getattr__(name: str):

@@ -60,11 +60,16 @@ def fill_ds_config(
         ("gradient_clipping",): (o.grad_clip, "optim.grad_clip"),
     }
     train_batch = micro * accum * world_size
-    expected[("train_batch_size",)] = (train_batch, f"optim.micro_batch_size x optim.grad_accum_steps x world ({micro} x {accum} x {world_size})")
+    expected[("train_batch_size",)] = (
+        train_batch,
+        f"optim.micro_batch_size x optim.grad_accum_steps x world ({micro} x {accum} x {world_size})",
+    )
     if "optimizer" in ds:
         opt = ds["optimizer"]
         if str(opt.get("type", "")).lower() not in ("adamw", "adam"):
-            raise ValueError(f"ds_config optimizer.type = {opt.get('type')!r}: turbo_ds builds AdamW parameter groups; use AdamW")
+            raise ValueError(
+                f"ds_config optimizer.type = {opt.get('type')!r}: turbo_ds builds AdamW parameter groups; use AdamW"
+            )
         opt.setdefault("params", {})
         expected.update(
             {
@@ -75,7 +80,9 @@ def fill_ds_config(
             }
         )
     if "scheduler" in ds:
-        raise ValueError("ds_config has a 'scheduler' section: the schedule is owned by the trainer config (optim.warmup_steps, optim.lr, optim.min_lr); remove it")
+        raise ValueError(
+            "ds_config has a 'scheduler' section: the schedule is owned by the trainer config (optim.warmup_steps, optim.lr, optim.min_lr); remove it"
+        )
 
     mismatches = []
     for path, (value, source) in expected.items():
@@ -88,12 +95,13 @@ def fill_ds_config(
             node[key] = value
         elif not _close(current, value):
             mismatches.append(f"  ds_config {'.'.join(path)} = {current!r} but {source} = {value!r}")
-    if global_batch := o.global_batch_size:
-        if global_batch != train_batch:
-            mismatches.append(f"  optim.global_batch_size = {global_batch} but micro x accumulation x world = {micro} x {accum} x {world_size} = {train_batch}")
+    if (global_batch := o.global_batch_size) and global_batch != train_batch:
+        mismatches.append(
+            f"  optim.global_batch_size = {global_batch} but micro x accumulation x world = {micro} x {accum} x {world_size} = {train_batch}"
+        )
     if mismatches:
         raise ValueError(
-            "ds_config disagrees with the trainer config (set these ds_config fields to \"auto\" or make them equal):\n"
+            'ds_config disagrees with the trainer config (set these ds_config fields to "auto" or make them equal):\n'
             + "\n".join(mismatches)
         )
 

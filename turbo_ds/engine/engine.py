@@ -31,7 +31,7 @@ def container_parameters(root: nn.Module) -> list[nn.Parameter]:
     sometimes entered through other methods (``forward_features``), so those hooks cannot see them:
     the engine gathers these (small) parameters itself before forward and backward."""
     params = []
-    for name, m in root.named_modules():
+    for m in root.modules():
         if any(True for _ in m.children()):
             params.extend(p for p in m.parameters(recurse=False) if p.requires_grad)
     return params
@@ -58,7 +58,9 @@ class Engine:
         groups = param_groups(module, o.weight_decay, o.layer_decay)
 
         def make_schedule(optimizer):
-            self.schedule = WarmupCosineSchedule(optimizer, o.lr, o.min_lr, o.warmup_steps, cfg.train.max_steps)
+            self.schedule = WarmupCosineSchedule(
+                optimizer, o.lr, o.min_lr, o.warmup_steps, cfg.train.max_steps
+            )
             return self.schedule
 
         self.schedule: WarmupCosineSchedule | None = None
@@ -111,7 +113,11 @@ class Engine:
         return t / self.world_size
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        t = tensor.detach().to(self.device, torch.float64 if tensor.dtype == torch.float64 else torch.float32).clone()
+        t = (
+            tensor.detach()
+            .to(self.device, torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+            .clone()
+        )
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
@@ -176,7 +182,13 @@ class Engine:
         return int(self.ds.skipped_steps)
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, save_dir: str | Path, tag: str, client_state: dict[str, Any], rank_state: dict[str, Any] | None = None) -> Path:
+    def save(
+        self,
+        save_dir: str | Path,
+        tag: str,
+        client_state: dict[str, Any],
+        rank_state: dict[str, Any] | None = None,
+    ) -> Path:
         """Save a DeepSpeed checkpoint ``save_dir/tag`` with ``client_state`` (and per-rank ``rank_state``).
 
         ``save_dir/latest`` is rewritten atomically by rank 0 only after every rank has finished
@@ -197,14 +209,20 @@ class Engine:
         self.barrier()
         return save_dir / tag
 
-    def load(self, load_dir: str | Path, tag: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    def load(
+        self, load_dir: str | Path, tag: str | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Load model, optimizer and schedule state; returns (client_state, this rank's rank_state or None).
 
         ``load_dir`` is a checkpoint folder (tag read from ``latest``) or a tag folder itself.
         """
         load_dir = Path(load_dir)
         universal = bool(self.ds_config.get("checkpoint", {}).get("load_universal", False))
-        if tag is None and not (load_dir / LATEST).exists() and not (universal and (load_dir / "latest_universal").exists()):
+        if (
+            tag is None
+            and not (load_dir / LATEST).exists()
+            and not (universal and (load_dir / "latest_universal").exists())
+        ):
             load_dir, tag = load_dir.parent, load_dir.name
         path, client_state = self.ds.load_checkpoint(
             str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
@@ -213,11 +231,15 @@ class Engine:
             raise FileNotFoundError(f"no DeepSpeed checkpoint found under {load_dir} (tag={tag})")
         tag_dir = Path(path) if Path(path).is_dir() else Path(path).parent
         rank_file = tag_dir / f"rank_state_{self.rank:05d}.pt"
-        rank_state = torch.load(rank_file, weights_only=False) if rank_file.exists() and not universal else None
+        rank_state = (
+            torch.load(rank_file, weights_only=False) if rank_file.exists() and not universal else None
+        )
         return client_state or {}, rank_state
 
 
-def resolve_ds_config(ds_config: str | Path | dict[str, Any], cfg: TrainConfig, world_size: int) -> dict[str, Any]:
+def resolve_ds_config(
+    ds_config: str | Path | dict[str, Any], cfg: TrainConfig, world_size: int
+) -> dict[str, Any]:
     """``fill_ds_config`` plus the settings that depend on the machine."""
     resolved = fill_ds_config(ds_config, cfg, world_size, bf16_supported=distributed.bf16_supported())
     on_cuda = distributed.device().type == "cuda"

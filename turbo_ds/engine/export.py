@@ -28,7 +28,9 @@ def resolve_tag(checkpoint_dir: str | Path, tag: str | None = None) -> tuple[Pat
         return d, (d / "latest").read_text().strip()
     if list(d.glob("*model_states.pt")):
         return d.parent, d.name
-    raise FileNotFoundError(f"{d} is neither a checkpoint folder with a 'latest' file nor a checkpoint tag folder")
+    raise FileNotFoundError(
+        f"{d} is neither a checkpoint folder with a 'latest' file nor a checkpoint tag folder"
+    )
 
 
 def _model_states(tag_dir: Path) -> dict[str, Any]:
@@ -38,12 +40,17 @@ def _model_states(tag_dir: Path) -> dict[str, Any]:
     return torch.load(files[0], map_location="cpu", weights_only=False)
 
 
-def consolidate(checkpoint_dir: str | Path, tag: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def consolidate(
+    checkpoint_dir: str | Path, tag: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """fp32 task-level state dict gathered from every ZeRO shard, and the checkpoint's client state."""
     root, tag = resolve_tag(checkpoint_dir, tag)
     states = _model_states(root / tag)
     client = states.get("turbo_ds", {})
-    if list((root / tag).glob("*optim_states.pt")) and states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0) > 0:
+    if (
+        list((root / tag).glob("*optim_states.pt"))
+        and states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0) > 0
+    ):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
@@ -59,12 +66,16 @@ def export_encoder(checkpoint_dir: str | Path, out_path: str | Path, tag: str | 
 
     sd, client = consolidate(checkpoint_dir, tag)
     if "config" not in client:
-        raise ValueError(f"checkpoint {checkpoint_dir} has no turbo_ds client state (not written by turbo_ds?)")
+        raise ValueError(
+            f"checkpoint {checkpoint_dir} has no turbo_ds client state (not written by turbo_ds?)"
+        )
     cfg = config_from_dict(client["config"])
     enc_sd = {k[len(ENCODER_PREFIX) :]: v for k, v in sd.items() if k.startswith(ENCODER_PREFIX)}
     num_classes = enc_sd["head.weight"].shape[0] if "head.weight" in enc_sd else 0
     cfg.pmae.enabled = False
-    encoder = build_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None)), num_classes).encoder
+    encoder = build_model(
+        dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None)), num_classes
+    ).encoder
     encoder.load_state_dict(enc_sd, strict=True)  # fail here, not at inference time
     vit_config = dataclasses.asdict(encoder.cfg)
     vit_config["drop_ratio"] = 0.0
@@ -92,13 +103,30 @@ def load_exported(path: str | Path):
     return model.eval()
 
 
-def to_universal(checkpoint_dir: str | Path, tag: str | None = None, output: str | Path | None = None) -> Path:
+def to_universal(
+    checkpoint_dir: str | Path, tag: str | None = None, output: str | Path | None = None
+) -> Path:
     """Convert a ZeRO checkpoint to DeepSpeed's universal format (``<tag>_universal`` next to it, and
     ``latest_universal``), which any world size can resume from with ``checkpoint.load_universal=true``."""
     root, tag = resolve_tag(checkpoint_dir, tag)
     out = Path(output) if output else root / f"{tag}_universal"
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(root / tag), "--output_folder", str(out), "--num_extract_workers", "1", "--num_merge_workers", "1", "--inject_missing_state"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(root / tag),
+        "--output_folder",
+        str(out),
+        "--num_extract_workers",
+        "1",
+        "--num_merge_workers",
+        "1",
+        "--inject_missing_state",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"ds_to_universal failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"ds_to_universal failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return out

@@ -34,13 +34,29 @@ def build_model(cfg: TrainConfig, num_classes: int):
     pmae = None
     if cfg.pmae.enabled:
         p = cfg.pmae
-        kwargs = {k: v for k, v in (("decoder_dim", p.decoder_dim), ("decoder_depth", p.decoder_depth), ("decoder_heads", p.decoder_heads)) if v is not None}
-        pmae = PartialMAE.for_encoder(encoder, pmae_ratio=p.pmae_ratio, mae_weight=cfg.task.mae_weight, norm_pix_loss=p.norm_pix_loss, **kwargs)
+        kwargs = {
+            k: v
+            for k, v in (
+                ("decoder_dim", p.decoder_dim),
+                ("decoder_depth", p.decoder_depth),
+                ("decoder_heads", p.decoder_heads),
+            )
+            if v is not None
+        }
+        pmae = PartialMAE.for_encoder(
+            encoder,
+            pmae_ratio=p.pmae_ratio,
+            mae_weight=cfg.task.mae_weight,
+            norm_pix_loss=p.norm_pix_loss,
+            **kwargs,
+        )
     return TurboModel(encoder, pmae)
 
 
 def build_task(cfg: TrainConfig, num_classes: int) -> ClassificationTask:
     model = build_model(cfg, num_classes)
     if cfg.task.name == "classification":
-        return ClassificationTask(model, label_smoothing=cfg.task.label_smoothing, mae_weight=cfg.task.mae_weight)
+        return ClassificationTask(
+            model, label_smoothing=cfg.task.label_smoothing, mae_weight=cfg.task.mae_weight
+        )
     raise ValueError(f"config key 'task.name' = {cfg.task.name!r}: unknown task")

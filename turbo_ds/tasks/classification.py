@@ -12,7 +12,9 @@ from turbo_ds.models import TurboModel
 from turbo_ds.tasks.base import TaskOutput
 
 
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, torch.Tensor]:
+def topk_accuracy(
+    logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, torch.Tensor]:
     """Top-k accuracy in percent for each k (k capped at the number of classes)."""
     maxk = min(max(ks), logits.shape[-1])
     pred = logits.topk(maxk, dim=-1).indices
@@ -41,7 +43,9 @@ class ClassificationTask(nn.Module):
         if views > 1:
             probs = logits.softmax(dim=-1).view(b, views, -1).mean(dim=1)
             logits = probs.clamp_min(1e-12).log()
-        cls_loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing if self.training else 0.0)
+        cls_loss = F.cross_entropy(
+            logits, labels, label_smoothing=self.label_smoothing if self.training else 0.0
+        )
         losses = {"cls_loss": cls_loss}
         metrics: dict[str, torch.Tensor] = {}
         if out.mae_loss is not None and self.mae_weight > 0:
@@ -50,7 +54,11 @@ class ClassificationTask(nn.Module):
         loss = sum(losses.values())
         with torch.no_grad():
             metrics.update(topk_accuracy(logits.detach(), labels))
-            n_tokens = out.keep_idx.shape[1] if out.keep_idx is not None else (out.tokens.shape[1] if out.tokens is not None else 0)
+            n_tokens = (
+                out.keep_idx.shape[1]
+                if out.keep_idx is not None
+                else (out.tokens.shape[1] if out.tokens is not None else 0)
+            )
         return TaskOutput(
             loss=loss,
             losses=losses,
