@@ -345,18 +345,23 @@ class Trainer:
         accum = cfg.optim.grad_accum_steps
         clips_per_step = cfg.optim.micro_batch_size * accum * self.world_size
         history: list[dict[str, float]] = []
-        bar = None
-        if self.is_rank_0 and tcfg.progress_bar:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=tcfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stdout
-            )
         self.log(
             f"training {type(self.task).__name__} for {tcfg.max_steps} steps on {self.world_size} rank(s), "
             f"{clips_per_step} clips/step, ds precision {eng.precision}, ZeRO stage "
             f"{self.ds_config.get('zero_optimization', {}).get('stage', 0)}"
         )
+        bar = None
+        if self.is_rank_0 and tcfg.progress_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=tcfg.max_steps,
+                initial=self.step,
+                desc="train",
+                dynamic_ncols=True,
+                file=sys.stdout,
+                mininterval=0.5 if sys.stdout.isatty() else 15.0,  # a log file gets a line every 15 s
+            )
         eng.train()
         batches = self._batches()
         nonfinite_in_row = 0
