@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -187,13 +188,15 @@ def generate_demo(
                     }
                 )
     workers = workers or min(8, os.cpu_count() or 1)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            recs = list(
-                tqdm(pool.map(_job, jobs, chunksize=8), total=len(jobs), desc="demo videos", disable=None)
-            )
-    else:
-        recs = [_job(j) for j in tqdm(jobs, desc="demo videos", disable=None)]
+    # Encode in clean child processes (forkserver, this module preloaded): in a process that has used
+    # decord (or a fork of one), libx264 output was seen to vary between runs for the same frames and
+    # settings, which would break determinism by seed.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["data_index.demo"])
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        recs = list(
+            tqdm(pool.map(_job, jobs, chunksize=8), total=len(jobs), desc="demo videos", disable=None)
+        )
     by_kind = {k: [r for r in recs if r["kind"] == k] for k in n_classes}
 
     ann_actions = out / "annotations" / "actions.csv"
