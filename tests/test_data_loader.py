@@ -270,3 +270,24 @@ def test_index_path_may_be_a_folder(tiny_demo, tmp_path):  # noqa: F811
     assert len(VideoIndex(tmp_path / "one", root=tiny_demo, split="val")) == 2
     with pytest.raises(ValueError, match="splits present"):
         VideoIndex(tiny_demo / "long.parquet", split="test")
+
+
+def test_loader_rank_shares_cover_the_split(tiny_demo):  # noqa: F811
+    seen = []
+    for rank in range(2):
+        dl = build_dataloader(
+            tiny_demo / "actions.parquet",
+            split="train",
+            num_frames=2,
+            stride=1,
+            img_size=16,
+            batch_size=2,
+            num_workers=0,
+            rank=rank,
+            world_size=2,
+            seed=11,
+        )
+        dl.set_epoch(2)
+        seen.append([i for b in dl for i in b["sample_idx"].tolist()])
+    assert len(seen[0]) == len(seen[1]) == 4
+    assert sorted(seen[0] + seen[1]) == list(range(8))
