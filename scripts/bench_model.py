@@ -143,7 +143,10 @@ def max_rss_mb() -> float:
 
 def spawn(cfg: dict) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # Passive OpenMP waiting: on a CPU shared with other jobs, spinning threads steal the core from the
+    # thread they wait for, and small ops get ~100x slower (see docs/benchmarks.md). Set it to override.
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise RuntimeError(f"config {cfg} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
