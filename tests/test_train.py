@@ -236,8 +236,9 @@ def test_single_process_python_zero3(demo_data, tmp_path):
     assert (out / "checkpoints" / "latest").read_text() == "global_step3"
 
 
-def test_nonfinite_losses_are_skipped_then_stop(demo_data, tmp_path, monkeypatch):
-    """In-process main([...]): a few NaN losses are skipped and counted; too many in a row stop the run."""
+def test_nonfinite_skipped_then_stop_and_final_dense_phase(demo_data, tmp_path, monkeypatch):
+    """In-process main([...]): a few NaN losses are skipped and counted, too many in a row stop the run;
+    the final dense phase drops no tokens."""
     import torch
 
     from turbo_ds import trainer
@@ -248,9 +249,12 @@ def test_nonfinite_losses_are_skipped_then_stop(demo_data, tmp_path, monkeypatch
     calls = {"n": 0}
     real_forward = ClassificationTask.forward
 
+    ratios = []
+
     def flaky(self, batch):
         out = real_forward(self, batch)
         if self.training:
+            ratios.append(self.model.encoder.drop_ratio)
             calls["n"] += 1
             if calls["n"] in bad_calls:
                 out.loss = out.loss * torch.tensor(float("nan"))
@@ -269,8 +273,19 @@ def test_nonfinite_losses_are_skipped_then_stop(demo_data, tmp_path, monkeypatch
         ),
         tmp_path / "a.yaml",
     )
-    final = trainer.main(["--config", str(cfg), "--ds_config", "ds_configs/zero0.json"])
+    final = trainer.main(
+        [
+            "--config",
+            str(cfg),
+            "--ds_config",
+            "ds_configs/zero0.json",
+            "--set",
+            "token_dropout.final_dense_steps=1",
+        ]
+    )
     assert final["train/nonfinite_total"] == 2 and final["step"] == 3 and math.isfinite(final["train/loss"])
+    # 5 training forwards (2 skipped); the last step (final dense phase) runs at drop ratio 0
+    assert ratios == [0.5, 0.5, 0.5, 0.5, 0.0]
 
     calls["n"] = 0
     bad_calls = set(range(2, 100))

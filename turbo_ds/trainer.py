@@ -110,6 +110,7 @@ def build_loader(cfg: TrainConfig, split: str, kind: str, rank: int, world_size:
         backend=d.backend,
         max_failures=d.max_failures,
         failure_log_dir=output_dir / "data_failures",
+        pin_memory=torch.cuda.is_available(),
     )
     eval_bs = d.eval_batch_size or cfg.optim.micro_batch_size
     if kind == "train":
