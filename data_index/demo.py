@@ -45,6 +45,7 @@ COLOURS = {
     "magenta": (230, 50, 220),
 }
 FPS = 12
+DEMO_BIT_RATE = 1_500_000  # high for 64x64: near-lossless, so the noise texture survives
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ def _job(job: dict) -> dict:
     else:
         dirs, lens = [DIRECTIONS[job["label"]]], [sz.frames]
     frames, attrs = render_clip(rng, sz.size, dirs, lens)
-    write_video(job["abs_path"], frames, FPS, gop=12)
+    # FFmpeg's own MPEG-4 encoder: same frames, same file. libx264 was seen to vary between runs here.
+    write_video(job["abs_path"], frames, FPS, gop=12, codec="mpeg4", bit_rate=DEMO_BIT_RATE)
     rec = {k: job[k] for k in ("video_id", "path", "split", "label", "kind")}
     if kind == "captions":
         rec["text"] = _sentence(rng, attrs["digit"], attrs["colour"], dirs[0])
@@ -188,9 +190,8 @@ def generate_demo(
                     }
                 )
     workers = workers or min(8, os.cpu_count() or 1)
-    # Encode in clean child processes (forkserver, this module preloaded): in a process that has used
-    # decord (or a fork of one), libx264 output was seen to vary between runs for the same frames and
-    # settings, which would break determinism by seed.
+    # Encode in clean child processes (forkserver, this module preloaded), not forks of a parent that may
+    # hold torch/decord threads.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["data_index.demo"])
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:

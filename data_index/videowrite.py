@@ -19,13 +19,14 @@ def write_video(
     gop: int | None = None,
     crf: int = 23,
     preset: str = "veryfast",
+    bit_rate: int | None = None,
 ) -> None:
     """Encode (H, W, 3) uint8 frames (even H and W for yuv420p) to ``path`` (mp4/mkv/...)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w") as out:
         stream = None
-        for frame in frames:
+        for i, frame in enumerate(frames):
             if stream is None:
                 h, w = frame.shape[:2]
                 stream = out.add_stream(codec, rate=rate)
@@ -39,10 +40,12 @@ def write_video(
                         )
                 if gop:
                     stream.codec_context.gop_size = gop
+                if bit_rate:
+                    stream.bit_rate = bit_rate
                 stream.options = opts
-            for packet in stream.encode(
-                av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            ):
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            video_frame.pts, video_frame.time_base = i, 1 / rate
+            for packet in stream.encode(video_frame):
                 out.mux(packet)
         if stream is not None:
             for packet in stream.encode():
