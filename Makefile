@@ -30,6 +30,9 @@ format: setup
 bench-model: setup
 	$(PY) scripts/bench_model.py --preset cpu --json docs/bench_model.json
 
+bench-data: setup
+	$(PY) scripts/bench_data.py --workers 2 --json docs/bench_data.json
+
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache
 
