@@ -40,3 +40,13 @@ __all__ = [
     "select_recon_indices",
     "token_dropout_indices",
 ]
+
+# The text tower wraps open_clip, which text_tower.py imports lazily (inside its functions).
+from turbo_ds.models.text_tower import (  # noqa: E402
+    TextTokenizer,
+    TextTower,
+    build_text_tower,
+    register_model_configs,
+)
+
+__all__ += ["TextTokenizer", "TextTower", "build_text_tower", "register_model_configs"]
