@@ -188,6 +188,77 @@ def parse_howto100m(files: Sequence[str], root, split: str | None = None) -> lis
     ]
 
 
+def parse_htm_align(files: Sequence[str], root, split: str | None = None) -> list[dict]:
+    """HTM-Align (Han, Xie, Zisserman, CVPR 2022): JSON ``{video_id: [[alignable 0|1, start_s, end_s,
+    text], ...]}``. Label -1, split "test" unless ``split``; captions sorted by start with their
+    ``alignable`` flag. Sentences starting at or after the end of their video are dropped at build time
+    and reported in the errors table (stage "captions")."""
+    out = []
+    for fname in files:
+        with open(fname) as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{fname}: htm_align annotations are {{video_id: [[alignable, start, end, text]]}}"
+            )
+        for vid, sentences in data.items():
+            caps = []
+            for i, s in enumerate(sentences):
+                if len(s) != 4:
+                    raise ValueError(
+                        f"{fname}: video {vid} sentence {i}: expected [alignable, start_s, end_s, text], got {s!r}"
+                    )
+                flag, start, end, text = s
+                caps.append(
+                    {
+                        "start_s": float(start),
+                        "end_s": float(end),
+                        "text": str(text),
+                        "alignable": bool(int(flag)),
+                        "ann_index": i,  # position in the annotation file, for error reports
+                    }
+                )
+            out.append(
+                {
+                    "video_id": str(vid),
+                    "path": f"{vid}.mp4",  # resolved below
+                    "split": split or "test",
+                    "label": -1,
+                    "label_name": None,
+                    "captions": sorted(caps, key=lambda x: (x["start_s"], x["ann_index"])),
+                    "drop_late_captions": True,
+                }
+            )
+    videos = find_videos(root)
+    for rec in out:
+        rec["path"] = _resolve(videos, rec["video_id"]) or rec["path"]
+    return out
+
+
+def _drop_late_captions(row: dict) -> list[dict]:
+    """Remove captions that start at or after the video's end; returns errors-table entries for them."""
+    dur = float(row["duration_s"])
+    kept, errors = [], []
+    for pos, c in enumerate(row.get("captions") or []):
+        if c["start_s"] >= dur:
+            i = c.get("ann_index", pos)
+            errors.append(
+                {
+                    "video_id": row["video_id"],
+                    "path": row["path"],
+                    "stage": "captions",
+                    "reason": (
+                        f"sentence {i} ({c['start_s']:.3f}-{c['end_s']:.3f} s) starts at or after "
+                        f"the end of the video ({dur:.3f} s): dropped"
+                    ),
+                }
+            )
+        else:
+            kept.append(c)
+    row["captions"] = kept
+    return errors
+
+
 BREAKFAST_TEST_S1 = {f"P{i:02d}" for i in range(3, 16)}
 
 
@@ -299,6 +370,7 @@ PARSERS: dict[str, Callable[..., list[dict]]] = {
     "howto100m": parse_howto100m,
     "breakfast": parse_breakfast,
     "coin": parse_coin,
+    "htm_align": parse_htm_align,
 }
 
 
@@ -365,6 +437,8 @@ def build_index(
             row["captions"] = [
                 {"start_s": a / fps, "end_s": b / fps, "text": t} for a, b, t in row.pop("captions_frames")
             ]
+        if row.pop("drop_late_captions", False):
+            errors.extend(_drop_late_captions(row))
         rows.append(row)
     write_index(rows, out, errors=errors, info={"root": str(root), **(info or {})})
     return len(rows), errors

@@ -2,6 +2,10 @@
 
 One row per video. ``path`` is relative to a root given at build or load time. The schema version is
 stored in the Parquet file metadata (``turbo_ds.schema_version``); see ``docs/data_index.md``.
+
+Versions: a reader accepts any index of the same major version. 1.1 added the captions' ``alignable``
+flag (nullable bool: null = unknown, e.g. ASR narration); in a 1.0 file the caption dicts have no
+``alignable`` key, and ``caption.get("alignable")`` is None, as for an unknown flag.
 """
 
 from __future__ import annotations
@@ -19,12 +23,19 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 META_VERSION_KEY = b"turbo_ds.schema_version"
 META_INFO_KEY = b"turbo_ds.info"
 
 SEGMENT_TYPE = pa.struct([("start_s", pa.float32()), ("end_s", pa.float32()), ("label", pa.int32())])
-CAPTION_TYPE = pa.struct([("start_s", pa.float32()), ("end_s", pa.float32()), ("text", pa.string())])
+CAPTION_TYPE = pa.struct(
+    [
+        ("start_s", pa.float32()),
+        ("end_s", pa.float32()),
+        ("text", pa.string()),
+        ("alignable", pa.bool_()),  # 1.1; null = unknown (narration), False = not visible in the video
+    ]
+)
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -59,9 +70,9 @@ def _normalise_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {name: row.get(name) for name in INDEX_SCHEMA.names}
     if out["label"] is None:
         out["label"] = -1
-    for key in ("segments", "captions"):
-        if out[key] is not None:
-            out[key] = [dict(x) for x in out[key]]
+    for key, struct in (("segments", SEGMENT_TYPE), ("captions", CAPTION_TYPE)):
+        if out[key] is not None:  # only the schema's fields (builders may carry private keys)
+            out[key] = [{f.name: x.get(f.name) for f in struct} for x in out[key]]
     return out
 
 
@@ -106,6 +117,7 @@ def index_metadata(index_path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _check_version(index_path: Path) -> None:
+    """Any minor version of this major version reads (1.0 files lack the newer caption fields)."""
     version = index_metadata(index_path)["schema_version"]
     if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
         raise ValueError(
