@@ -8,8 +8,10 @@ from turbo_ds.data.sampler import ShardedSampler
 from turbo_ds.data.sampling import (
     FrameSampler,
     caption_window_indices,
+    centred_clip_indices,
     dense_clip_indices,
     multiview_clip_indices,
+    per_second_clip_indices,
     uniform_segment_indices,
 )
 from turbo_ds.data.schema import INDEX_SCHEMA, SCHEMA_VERSION, VideoIndex, read_errors, write_index
@@ -30,10 +32,12 @@ __all__ = [
     "VideoMeta",
     "build_dataloader",
     "caption_window_indices",
+    "centred_clip_indices",
     "collate_samples",
     "decode_frames",
     "dense_clip_indices",
     "multiview_clip_indices",
+    "per_second_clip_indices",
     "probe_video",
     "read_errors",
     "uniform_segment_indices",

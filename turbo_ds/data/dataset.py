@@ -3,25 +3,62 @@
 Items: ``{"video": float32 (C,T,H,W) (or (V,C,T,H,W) for multi-view), "label": int, "video_id": str,
 "sample_idx": int}`` plus ``"text"`` (captioned clips) and ``"segments"`` (float32 (S, 3):
 start_s, end_s, label), ``"segment_text"`` (list[str]) and ``"frame_times"`` (float32 (T,) seconds of
-the sampled frames) for long videos. A video that fails to decode is replaced by another sample chosen
+the sampled frames) for long videos.
+
+Text-video modes (sampler kinds):
+
+- ``caption``: a clip around one caption. Training: ``samples_per_video`` items per video, each with a
+  caption drawn from (seed, epoch, item); evaluation: one item per (video, caption) pair. Items add
+  ``text`` (that caption), ``captions`` (K = ``num_captions`` str: it, then the K-1 other captions of
+  the video nearest in time to the clip), ``caption_mask`` (K,) bool, ``clip_center_s`` (float).
+- ``per_second``: one item per video, ``video`` (S, C, T, H, W) with one clip per second, and every
+  caption of the video (``captions``, ``caption_start_s``, ``caption_end_s``, ``alignable``), plus
+  ``clip_times`` (S,) (HTM-Align evaluation).
+
+With a ``text_transform`` (a picklable tokenizer, run in the workers) items also carry ``text_tokens``
+(n, L) long for their captions. A video that fails to decode is replaced by another sample chosen
 deterministically from (seed, epoch, index, attempt); the failure is logged (see ``errors.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
 from turbo_ds.data.decode import DecodeError, decode_frames, scaled_size
 from turbo_ds.data.errors import FailureLog
-from turbo_ds.data.sampling import FrameSampler
+from turbo_ds.data.sampling import FrameSampler, clip_center_s
 from turbo_ds.data.schema import VideoIndex
 from turbo_ds.data.transforms import ClipTransform, to_tchw
 
 MAX_REPLACEMENTS = 20
+TextTransform = Callable[[list[str]], torch.Tensor]
+
+
+def _centre(caption: dict) -> float:
+    return (float(caption["start_s"]) + float(caption["end_s"])) / 2
+
+
+def _usable(caption: dict, only_alignable: bool) -> bool:
+    """A caption counts unless ``only_alignable`` and it is explicitly not alignable (null = unknown)."""
+    return not (only_alignable and caption.get("alignable") is False)
+
+
+def nearest_captions(captions: list[dict], chosen: int, usable: list[int], center_s: float, k: int):
+    """(positions, mask): ``chosen`` first, then the k-1 other ``usable`` captions whose span centre is
+    nearest to ``center_s`` (ties: earlier caption first); fewer than k repeat ``chosen``, masked False."""
+    others = sorted(
+        (i for i in usable if i != chosen), key=lambda i: (abs(_centre(captions[i]) - center_s), i)
+    )
+    picked = [chosen, *others[: k - 1]]
+    mask = [True] * len(picked) + [False] * (k - len(picked))
+    return picked + [chosen] * (k - len(picked)), mask
 
 
 class VideoDataset(Dataset):
@@ -44,7 +81,25 @@ class VideoDataset(Dataset):
         with_text: bool | None = None,
         with_segments: bool | None = None,
         failures: FailureLog | None = None,
+        text_transform: TextTransform | None = None,
+        samples_per_video: int = 1,
+        num_captions: int = 1,
+        jitter_s: float = 0.0,
+        only_alignable: bool = True,
     ):
+        kind = frame_sampler.kind
+        if kind != "caption" and (samples_per_video != 1 or num_captions != 1 or jitter_s):
+            raise ValueError(
+                "samples_per_video, num_captions and jitter_s apply to sampler='caption' only "
+                f"(sampler={kind!r})"
+            )
+        if samples_per_video < 1 or num_captions < 1 or jitter_s < 0:
+            raise ValueError(
+                f"need samples_per_video >= 1, num_captions >= 1, jitter_s >= 0; got {samples_per_video}, "
+                f"{num_captions}, {jitter_s}"
+            )
+        if kind == "per_second" and train:
+            raise ValueError("sampler='per_second' is an evaluation sampler: pass train=False")
         self.index = index
         self.frame_sampler = frame_sampler
         self.transform = transform
@@ -57,28 +112,61 @@ class VideoDataset(Dataset):
         self.failures = (
             failures if failures is not None else FailureLog(max_failures=max(10, len(index) // 10))
         )
-        self._bad: set[int] = set()  # per process: videos known broken, never retried
+        self.text_transform = text_transform
+        self.samples_per_video = int(samples_per_video)
+        self.num_captions = int(num_captions)
+        self.jitter_s = float(jitter_s)
+        self.only_alignable = bool(only_alignable)
+        # Caption evaluation: one item per (video position, caption position) pair.
+        self._pairs: np.ndarray | None = None
+        if kind == "caption" and not train:
+            self._pairs = self._caption_pairs()
+            if len(self._pairs) == 0:
+                raise ValueError(
+                    f"{index.index_path} (split {index.split!r}): no captions to evaluate"
+                    + (" (only_alignable=True skips alignable=False captions)" if only_alignable else "")
+                )
+        self._bad: set[int] = set()  # per process: videos (positions in the split) known broken
+
+    def _caption_pairs(self) -> np.ndarray:
+        """(N, 2) int64 (video position, caption position) of every usable caption of the split."""
+        col = self.index.table.column("captions").take(pa.array(self.index.rows)).combine_chunks()
+        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
+        video = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        pairs = np.stack([video, np.arange(len(video), dtype=np.int64) - first], axis=1)
+        flat = pc.list_flatten(col)
+        if self.only_alignable and flat.type.get_field_index("alignable") >= 0:
+            flags = pc.fill_null(flat.field("alignable"), True).to_numpy(zero_copy_only=False)
+            pairs = pairs[flags.astype(bool)]
+        return pairs
 
     def __len__(self) -> int:
+        if self._pairs is not None:
+            return len(self._pairs)
+        if self.frame_sampler.kind == "caption":
+            return len(self.index) * self.samples_per_video
         return len(self.index)
 
-    def _rng(self, idx: int, epoch: int, attempt: int) -> np.random.Generator | None:
-        return np.random.default_rng([self.seed, epoch, idx, attempt]) if self.train else None
+    def video_position(self, idx: int) -> int:
+        """Position (in the split) of the video item ``idx`` comes from."""
+        if self._pairs is not None:
+            return int(self._pairs[idx, 0])
+        if self.frame_sampler.kind == "caption":
+            return int(idx) // self.samples_per_video
+        return int(idx)
 
-    def load(self, idx: int, epoch: int = 0, attempt: int = 0) -> dict[str, Any]:
-        """Decode and transform one sample; raises DecodeError when the video is broken."""
-        row = self.index[idx]
-        rng = self._rng(idx, epoch, attempt)
-        num_frames = int(row["num_frames"] or 0)
-        fps = float(row["fps"] or 25.0)
-        if num_frames <= 0:
-            raise DecodeError(row["abs_path"], "no-frames", "num_frames in index is 0")
-        caption = None
-        captions = row.get("captions") or []
-        if self.with_text and captions:
-            caption = captions[int(rng.integers(len(captions)))] if rng is not None else captions[0]
-        span = (caption["start_s"], caption["end_s"]) if caption else None
-        clips = self.frame_sampler(num_frames, rng, fps=fps, span_s=span)
+    def _tokens(self, texts: list[str]) -> torch.Tensor:
+        tok = self.text_transform(list(texts))
+        tok = torch.as_tensor(tok)
+        if tok.ndim != 2 or tok.shape[0] != len(texts):
+            raise ValueError(
+                f"text_transform must return (n, L) token ids for n={len(texts)} texts, got {tuple(tok.shape)}"
+            )
+        return tok.long()
+
+    def _decode(self, row: dict, clips: list[np.ndarray], num_frames: int, rng) -> list[torch.Tensor]:
+        """Every clip's frames in one decode call, then the transform: a list of views."""
         size = None
         if self.decode_resize and row["width"] and row["height"]:
             w, h = scaled_size(row["width"], row["height"], self.transform.decode_short_side)
@@ -94,15 +182,116 @@ class VideoDataset(Dataset):
             clip = to_tchw(frames[offset : offset + len(clip_idx)])
             offset += len(clip_idx)
             views.extend(self.transform(clip, rng))
-        video = views[0] if len(views) == 1 else torch.stack(views)
-        item: dict[str, Any] = {
+        return views
+
+    @staticmethod
+    def _base_item(row: dict, video: torch.Tensor, idx: int) -> dict[str, Any]:
+        return {
             "video": video,
             "label": int(row["label"] if row["label"] is not None else -1),
             "video_id": row["video_id"],
             "sample_idx": int(idx),
         }
+
+    def _load_caption(self, idx: int, epoch: int, attempt: int) -> dict[str, Any]:
+        """Caption mode: a clip centred on a caption (+ jitter in training) and its K nearest captions."""
+        pos = self.video_position(idx)
+        row = self.index[pos]
+        rng = self._rng(idx, epoch, attempt)
+        num_frames = int(row["num_frames"] or 0)
+        fps = float(row["fps"] or 25.0)
+        if num_frames <= 0:
+            raise DecodeError(row["abs_path"], "no-frames", "num_frames in index is 0")
+        captions = row.get("captions") or []
+        usable = [i for i, c in enumerate(captions) if _usable(c, self.only_alignable)]
+        if self._pairs is not None:
+            chosen = int(self._pairs[idx, 1])
+        elif usable:
+            chosen = usable[int(rng.integers(len(usable)))]
+        else:
+            chosen = None
+        if chosen is None:  # a training video without captions: a clip anywhere, its label name as text
+            clips = self.frame_sampler(num_frames, rng, fps=fps)
+        else:
+            cap = captions[chosen]
+            shift = (
+                float(rng.uniform(-self.jitter_s, self.jitter_s))
+                if rng is not None and self.jitter_s
+                else 0.0
+            )
+            span = (cap["start_s"] + shift, cap["end_s"] + shift)
+            clips = self.frame_sampler(num_frames, rng, fps=fps, span_s=span, center_s=_centre(cap) + shift)
+        centre = clip_center_s(np.clip(clips[0], 0, num_frames - 1), fps)
+        views = self._decode(row, clips, num_frames, rng)
+        item = self._base_item(row, views[0], idx)
+        item["clip_center_s"] = centre
+        if not self.with_text:
+            return item
+        k = self.num_captions
+        if chosen is None:
+            text = row.get("label_name") or ""
+            texts, mask = [text] * k, [bool(text)] + [False] * (k - 1)
+        else:
+            picked, mask = nearest_captions(captions, chosen, usable, centre, k)
+            text, texts = captions[chosen]["text"], [captions[i]["text"] for i in picked]
+        item["text"] = text
+        item["captions"] = texts
+        item["caption_mask"] = torch.tensor(mask, dtype=torch.bool)
+        if self.text_transform is not None:
+            item["text_tokens"] = self._tokens(texts)
+        return item
+
+    def _load_per_second(self, idx: int) -> dict[str, Any]:
+        """Alignment mode: one clip per second of the video and all its captions (deterministic)."""
+        row = self.index[idx]
+        num_frames = int(row["num_frames"] or 0)
+        fps = float(row["fps"] or 25.0)
+        if num_frames <= 0:
+            raise DecodeError(row["abs_path"], "no-frames", "num_frames in index is 0")
+        clips = self.frame_sampler(num_frames, None, fps=fps)
+        views = self._decode(row, clips, num_frames, None)
+        item = self._base_item(row, torch.stack(views), idx)
+        captions = row.get("captions") or []
+        item["captions"] = [c["text"] for c in captions]
+        item["caption_start_s"] = torch.tensor([c["start_s"] for c in captions], dtype=torch.float32)
+        item["caption_end_s"] = torch.tensor([c["end_s"] for c in captions], dtype=torch.float32)
+        item["alignable"] = torch.tensor(
+            [c.get("alignable") is not False for c in captions], dtype=torch.bool
+        )
+        item["clip_times"] = torch.arange(len(clips), dtype=torch.float32) + 0.5
+        if self.text_transform is not None:
+            item["text_tokens"] = (
+                self._tokens(item["captions"]) if captions else torch.zeros((0, 0), dtype=torch.long)
+            )
+        return item
+
+    def _rng(self, idx: int, epoch: int, attempt: int) -> np.random.Generator | None:
+        return np.random.default_rng([self.seed, epoch, idx, attempt]) if self.train else None
+
+    def load(self, idx: int, epoch: int = 0, attempt: int = 0) -> dict[str, Any]:
+        """Decode and transform one sample; raises DecodeError when the video is broken."""
+        if self.frame_sampler.kind == "caption":
+            return self._load_caption(idx, epoch, attempt)
+        if self.frame_sampler.kind == "per_second":
+            return self._load_per_second(idx)
+        row = self.index[idx]
+        rng = self._rng(idx, epoch, attempt)
+        num_frames = int(row["num_frames"] or 0)
+        fps = float(row["fps"] or 25.0)
+        if num_frames <= 0:
+            raise DecodeError(row["abs_path"], "no-frames", "num_frames in index is 0")
+        caption = None
+        captions = row.get("captions") or []
+        if self.with_text and captions:
+            caption = captions[int(rng.integers(len(captions)))] if rng is not None else captions[0]
+        span = (caption["start_s"], caption["end_s"]) if caption else None
+        clips = self.frame_sampler(num_frames, rng, fps=fps, span_s=span)
+        views = self._decode(row, clips, num_frames, rng)
+        item = self._base_item(row, views[0] if len(views) == 1 else torch.stack(views), idx)
         if self.with_text:
             item["text"] = caption["text"] if caption else (row.get("label_name") or "")
+            if self.text_transform is not None:
+                item["text_tokens"] = self._tokens([item["text"]])
         if self.with_segments:
             segs = row.get("segments") or []
             item["segments"] = torch.tensor(
@@ -116,20 +305,25 @@ class VideoDataset(Dataset):
         idx, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (int(key), 0)
         cur = idx
         for attempt in range(MAX_REPLACEMENTS):
-            if cur not in self._bad:
+            pos = self.video_position(cur)
+            if pos not in self._bad:
                 try:
                     return self.load(cur, epoch, attempt)
                 except DecodeError as e:
-                    self._bad.add(cur)
-                    self.failures.record(e.path, self.index[cur]["video_id"], e.reason, cur, e.detail)
+                    self._bad.add(pos)
+                    self.failures.record(e.path, self.index[pos]["video_id"], e.reason, cur, e.detail)
             cur = int(np.random.default_rng([self.seed, epoch, idx, attempt, 1]).integers(len(self)))
         raise RuntimeError(
             f"sample {idx}: {MAX_REPLACEMENTS} replacement videos in a row failed to decode; see {self.failures.path}"
         )
 
 
+# Item tensors stacked along a new batch dimension (per_second items: the loader uses batch size 1).
+_STACKED = ("text_tokens", "caption_mask", "caption_start_s", "caption_end_s", "alignable", "clip_times")
+
+
 def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors, keep strings and ragged fields (segments, segment_text) as lists."""
+    """Stack tensors, keep strings and ragged fields (segments, segment_text, captions) as lists."""
     out: dict[str, Any] = {
         "video": torch.stack([b["video"] for b in batch]),
         "label": torch.tensor([b["label"] for b in batch], dtype=torch.long),
@@ -142,4 +336,11 @@ def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
         out["segments"] = [b["segments"] for b in batch]
         out["segment_text"] = [b["segment_text"] for b in batch]
         out["frame_times"] = torch.stack([b["frame_times"] for b in batch])
+    if "captions" in batch[0]:
+        out["captions"] = [b["captions"] for b in batch]
+    if "clip_center_s" in batch[0]:
+        out["clip_center_s"] = torch.tensor([b["clip_center_s"] for b in batch], dtype=torch.float32)
+    for key in _STACKED:
+        if key in batch[0]:
+            out[key] = torch.stack([b[key] for b in batch])
     return out

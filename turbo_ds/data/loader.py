@@ -6,7 +6,7 @@ import os
 
 from torch.utils.data import DataLoader
 
-from turbo_ds.data.dataset import VideoDataset, collate_samples
+from turbo_ds.data.dataset import TextTransform, VideoDataset, collate_samples
 from turbo_ds.data.errors import FailureLog
 from turbo_ds.data.sampler import ShardedSampler
 from turbo_ds.data.sampling import FrameSampler
@@ -65,6 +65,12 @@ def build_dataloader(
     with_text: bool | None = None,
     with_segments: bool | None = None,
     decode_resize: bool = True,
+    text_transform: TextTransform | None = None,
+    samples_per_video: int = 1,
+    num_captions: int = 1,
+    jitter_s: float = 0.0,
+    only_alignable: bool = True,
+    max_seconds: int | None = None,
 ) -> ResumableDataLoader:
     """DataLoader over one split of a Parquet video index, sharded for ``rank`` of ``world_size``.
 
@@ -75,8 +81,26 @@ def build_dataloader(
         sampler: "dense" (``num_frames`` every ``stride`` frames; random temporal crop when ``train``,
             centre otherwise), "uniform" (``num_frames`` equal segments, one frame each; long videos,
             adds ``segments``/``segment_text``/``frame_times`` to items), "caption" (a clip around one
-            caption; ``stride`` None covers the caption span uniformly; adds ``text``), "multiview"
-            (``num_clips`` clips x ``num_crops`` (1 or 3) spatial crops: ``video`` is (V, C, T, H, W)).
+            caption, see below), "multiview" (``num_clips`` clips x ``num_crops`` (1 or 3) spatial
+            crops: ``video`` is (V, C, T, H, W)), "per_second" (HTM-Align evaluation, see below).
+            caption, training: ``samples_per_video`` items per video (length = videos x
+            samples_per_video); item j is video j // samples_per_video with a caption drawn from
+            (seed, epoch, j); the clip (``num_frames`` every ``stride`` frames) is centred on the
+            caption's centre shifted uniformly in [-jitter_s, +jitter_s], kept inside the video
+            (``stride`` None: the shifted span covered uniformly). A video without captions gets a clip
+            anywhere and its label name (or "") as text, masked False when empty.
+            caption, evaluation: one item per (video, caption) pair of the split (length = captions),
+            the clip centred on the caption, no jitter.
+            Caption items add ``text`` (str), ``captions`` (``num_captions`` = K str: ``text`` first,
+            then the K-1 other captions of the video whose span centre is nearest the clip centre),
+            ``caption_mask`` (K,) bool (False for repeats when the video has fewer than K captions),
+            ``clip_center_s`` (float, centre of the clip's first and last frames).
+            per_second (``train`` must be False; ``batch_size`` is forced to 1): one item per video,
+            ``video`` (S, C, T, H, W), clip s (``num_frames`` every ``stride`` frames) centred on
+            s + 0.5 s (kept inside the video), S = ceil(duration) or ``max_seconds`` if smaller (the
+            first seconds only; captions are all kept); ``captions`` (M str, every caption),
+            ``caption_start_s``/``caption_end_s`` float32 (M,), ``alignable`` bool (M,) (null ->
+            True), ``clip_times`` float32 (S,) = s + 0.5. Batches have a leading dimension of 1.
         img_size: output height = width. Train: random resized crop (``scale``), flip with probability
             ``hflip`` (default 0: direction-sensitive labels). Eval: short side to img_size*256/224,
             centre crop. Frames are decoded at reduced size by the backend.
@@ -89,6 +113,13 @@ def build_dataloader(
             ``TooManyFailuresError``: an int count, or a float in (0, 1) as a fraction of the split.
         failure_log_dir: where the per-rank ``decode_failures.rank{R}.jsonl`` goes (default: a temp dir);
             ``loader.failure_summary()`` reads it.
+        text_transform: picklable ``list[str] -> LongTensor (n, L)`` tokenizer (fixed L), called in the
+            dataset (DataLoader workers): items get ``text_tokens`` for their captions (caption: (K, L);
+            per_second: (M, L); other samplers with ``with_text``: (1, L)).
+        samples_per_video, num_captions, jitter_s: caption sampler only (above).
+        only_alignable: caption sampler: captions whose ``alignable`` is False are neither sampled,
+            evaluated nor neighbours (null counts as alignable). per_second always keeps all captions.
+        max_seconds: per_second: clips for the first ``max_seconds`` seconds only (None = all).
 
     Returns a :class:`ResumableDataLoader` yielding dicts ``{"video": float32 (B, C, T, H, W),
     "label": long (B,), "video_id": list[str], "sample_idx": long (B,)}`` (+ extras above). Its
@@ -98,7 +129,11 @@ def build_dataloader(
     ``set_epoch(state["epoch"])``; iteration yields exactly the samples not consumed yet.
     """
     index = VideoIndex(index_path, root=root, split=split)
-    frame_sampler = FrameSampler(kind=sampler, num_frames=num_frames, stride=stride, num_clips=num_clips)
+    frame_sampler = FrameSampler(
+        kind=sampler, num_frames=num_frames, stride=stride, num_clips=num_clips, max_seconds=max_seconds
+    )
+    if sampler == "per_second":
+        batch_size = 1  # S and M vary from video to video
     transform = ClipTransform(img_size=img_size, train=train, scale=scale, hflip=hflip, num_crops=num_crops)
     if isinstance(max_failures, float) and 0 < max_failures < 1:
         cap = max(1, int(max_failures * len(index)))
@@ -116,6 +151,11 @@ def build_dataloader(
         with_text=with_text,
         with_segments=with_segments,
         failures=failures,
+        text_transform=text_transform,
+        samples_per_video=samples_per_video,
+        num_captions=num_captions,
+        jitter_s=jitter_s,
+        only_alignable=only_alignable,
     )
     drop_last = train if drop_last is None else drop_last
     shard = ShardedSampler(

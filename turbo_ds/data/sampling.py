@@ -5,11 +5,12 @@ Every function returns indices inside ``[0, num_frames)``, in non-decreasing tem
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLER_KINDS = ("dense", "uniform", "caption", "multiview")
+SAMPLER_KINDS = ("dense", "uniform", "caption", "multiview", "per_second")
 
 
 def dense_clip_indices(
@@ -68,6 +69,42 @@ def caption_window_indices(
     return np.minimum(start + np.arange(clip_len, dtype=np.int64) * stride, num_frames - 1)
 
 
+def centred_clip_indices(
+    num_frames: int, fps: float, center_s: float, clip_len: int, stride: int
+) -> np.ndarray:
+    """``clip_len`` frames every ``stride`` frames centred on time ``center_s`` (frame ``i`` covers
+    ``[i/fps, (i+1)/fps)``), moved to lie inside the video when it would cross an end; a video shorter
+    than the clip starts at frame 0 and repeats its last frame."""
+    num_frames = max(1, int(num_frames))
+    span = (clip_len - 1) * stride + 1
+    start = int(np.floor(center_s * fps - span / 2 + 0.5))
+    start = int(np.clip(start, 0, max(0, num_frames - span)))
+    return np.minimum(start + np.arange(clip_len, dtype=np.int64) * stride, num_frames - 1)
+
+
+def clip_center_s(indices: np.ndarray, fps: float) -> float:
+    """Time (s) at the middle of a clip's first and last frames (frame ``i`` is centred on (i+0.5)/fps)."""
+    return float((int(indices[0]) + int(indices[-1])) / 2 + 0.5) / float(fps)
+
+
+def num_seconds(num_frames: int, fps: float) -> int:
+    """ceil(duration) of a video of ``num_frames`` at ``fps`` (at least 1), tolerant to float32 fps."""
+    dur = max(1, int(num_frames)) / float(fps)
+    return max(1, math.ceil(dur - 1e-6 * max(1.0, dur)))
+
+
+def per_second_clip_indices(
+    num_frames: int, fps: float, clip_len: int, stride: int, max_seconds: int | None = None
+) -> list[np.ndarray]:
+    """One dense clip per second of the video (HTM-Align evaluation): clip ``s`` is centred on
+    ``s + 0.5`` s, for ``s`` in ``0 .. S-1`` with S = ceil(duration), or ``min(S, max_seconds)``: only
+    the first ``max_seconds`` seconds."""
+    n_sec = num_seconds(num_frames, fps)
+    if max_seconds is not None:
+        n_sec = min(n_sec, int(max_seconds))
+    return [centred_clip_indices(num_frames, fps, s + 0.5, clip_len, stride) for s in range(n_sec)]
+
+
 def multiview_clip_indices(num_frames: int, clip_len: int, stride: int, num_clips: int) -> list[np.ndarray]:
     """``num_clips`` dense clips with starts evenly spread over the video (the test-time views)."""
     num_frames = max(1, int(num_frames))
@@ -87,33 +124,49 @@ class FrameSampler:
     kind: "dense" (num_frames x stride, random crop in train / centre in eval), "uniform" (one frame
     per equal segment; num_frames from 1 to 1024+), "caption" (a clip around one caption's span; uses
     stride if given else covers the span uniformly), "multiview" (num_clips dense clips; spatial crops
-    are the transform's job).
+    are the transform's job), "per_second" (one dense clip per second of the video, centred on
+    s + 0.5 s; ``max_seconds`` keeps the first seconds only).
     """
 
     kind: str = "dense"
     num_frames: int = 16
     stride: int | None = 4
     num_clips: int = 1
+    max_seconds: int | None = None
 
     def __post_init__(self):
         if self.kind not in SAMPLER_KINDS:
             raise ValueError(f"sampler kind {self.kind!r} unknown; choose from {SAMPLER_KINDS}")
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
-        if self.kind in ("dense", "multiview") and (self.stride is None or self.stride < 1):
+        if self.kind in ("dense", "multiview", "per_second") and (self.stride is None or self.stride < 1):
             raise ValueError(f"sampler {self.kind!r} needs stride >= 1, got {self.stride}")
         if self.num_clips < 1:
             raise ValueError(f"num_clips must be >= 1, got {self.num_clips}")
+        if self.max_seconds is not None and self.max_seconds < 1:
+            raise ValueError(f"max_seconds must be >= 1 or None, got {self.max_seconds}")
 
     def __call__(
-        self, num_frames: int, rng: np.random.Generator | None, fps: float = 25.0, span_s=None
+        self,
+        num_frames: int,
+        rng: np.random.Generator | None,
+        fps: float = 25.0,
+        span_s=None,
+        center_s: float | None = None,
     ) -> list[np.ndarray]:
-        """Indices for one sample as a list of clips (one clip except for multiview)."""
+        """Indices for one sample as a list of clips (one clip except for multiview and per_second).
+
+        caption: with a stride and ``center_s``, the clip is centred on ``center_s`` (what the dataset's
+        caption mode passes: the caption's centre, jittered in training); otherwise around ``span_s``."""
         if self.kind == "dense":
             return [dense_clip_indices(num_frames, self.num_frames, self.stride, rng, center=rng is None)]
         if self.kind == "uniform":
             return [uniform_segment_indices(num_frames, self.num_frames, rng)]
+        if self.kind == "per_second":
+            return per_second_clip_indices(num_frames, fps, self.num_frames, self.stride, self.max_seconds)
         if self.kind == "caption":
+            if center_s is not None and self.stride is not None:
+                return [centred_clip_indices(num_frames, fps, center_s, self.num_frames, self.stride)]
             start_s, end_s = span_s if span_s is not None else (0.0, num_frames / fps)
             return [
                 caption_window_indices(num_frames, fps, start_s, end_s, self.num_frames, self.stride, rng)
