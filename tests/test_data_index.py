@@ -253,5 +253,6 @@ def test_cli_demo_prints_layout(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--size", "tiny", "--workers", "1"]) == 0
     text = capsys.readouterr().out
     assert "actions.parquet" in text and "long.parquet" in text and str(tmp_path / "d") in text
+    assert "vlp.parquet" in text and "vlp_align.parquet" in text
     idx = VideoIndex(tmp_path / "d" / "actions.parquet", split="val")
     assert len(idx) == 4 and read_errors(tmp_path / "d" / "actions.parquet") == []

@@ -252,7 +252,7 @@ def test_demo_is_deterministic(tiny_demo, tmp_path):  # noqa: F811
 
     generate_demo(tmp_path / "again", seed=0, size="tiny", workers=2)
     generate_demo(tmp_path / "other", seed=1, size="tiny", workers=1)
-    for name in ("actions", "captions", "long"):
+    for name in ("actions", "captions", "long", "vlp", "vlp_align"):
         a = VideoIndex(tiny_demo / f"{name}.parquet").table.to_pylist()
         assert a == VideoIndex(tmp_path / "again" / f"{name}.parquet").table.to_pylist()
     rel = "videos/long/train/lon_train_00001.mp4"
@@ -260,6 +260,8 @@ def test_demo_is_deterministic(tiny_demo, tmp_path):  # noqa: F811
     fb, _ = decode_frames(str(tmp_path / "again" / rel), range(30))
     fc, _ = decode_frames(str(tmp_path / "other" / rel), range(30))
     assert np.array_equal(fa, fb) and not np.array_equal(fa, fc)
+    rel = "videos/vlp/align/vlp_align_00000.mp4"
+    assert (tiny_demo / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes()
 
 
 def test_index_path_may_be_a_folder(tiny_demo, tmp_path):  # noqa: F811
