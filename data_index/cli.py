@@ -87,6 +87,13 @@ def index_stats(index: str) -> dict:
         "resolutions": dict(Counter(f"{r['width']}x{r['height']}" for r in t).most_common(5)),
         "segments": sum(len(r["segments"] or []) for r in t),
         "captions": sum(len(r["captions"] or []) for r in t),
+        "alignable": dict(  # captions by schema-1.1 flag: true / false / unknown (null, or a 1.0 index)
+            Counter(
+                {True: "true", False: "false"}.get(c.get("alignable"), "unknown")
+                for r in t
+                for c in r["captions"] or []
+            )
+        ),
         "errors": len(read_errors(index)),
     }
 
