@@ -14,6 +14,7 @@ def _cfg(**sections):
     base = {
         "data": {"num_frames": 4, "img_size": 32},
         "pmae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+        "task": {"num_classes": 5},
     }
     for k, v in sections.items():
         base.setdefault(k, {}).update(v)
@@ -33,9 +34,7 @@ def test_losses_sum_and_mae_weight():
             token_dropout={"drop_ratio": 0.75},
             pmae={"enabled": True, "pmae_ratio": 0.5},
             task={"mae_weight": 0.3},
-        ),
-        5,
-    )
+        ))
     torch.manual_seed(1)
     out = task(_batch())
     assert set(out.losses) == {"cls_loss", "mae_loss"}
@@ -53,7 +52,7 @@ def test_losses_sum_and_mae_weight():
 
 
 def test_no_pmae_and_eval_sees_all_tokens():
-    task = build_task(_cfg(token_dropout={"drop_ratio": 0.5}), 5).eval()
+    task = build_task(_cfg(token_dropout={"drop_ratio": 0.5})).eval()
     with torch.no_grad():
         out = task(_batch())
     assert set(out.losses) == {"cls_loss"}
@@ -61,7 +60,7 @@ def test_no_pmae_and_eval_sees_all_tokens():
 
 
 def test_label_smoothing_applies_in_training_only():
-    task = build_task(_cfg(task={"label_smoothing": 0.2}), 5)
+    task = build_task(_cfg(task={"label_smoothing": 0.2}))
     batch = _batch()
     torch.manual_seed(0)
     out = task(batch)
@@ -78,7 +77,7 @@ def test_label_smoothing_applies_in_training_only():
 
 
 def test_multiview_averages_softmax_over_views():
-    task = build_task(_cfg(), 5).eval()
+    task = build_task(_cfg()).eval()
     batch = _batch(b=2, views=3)
     with torch.no_grad():
         out = task(batch)

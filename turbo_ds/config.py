@@ -38,8 +38,6 @@ class ModelConfig:
 
     name: str = "vit_debug"
     """Registered model preset: vit_debug, vit_small_patch16, vit_base_patch16, vit_large_patch16."""
-    num_classes: int | None = None
-    """Classifier outputs; None takes ``data.num_classes``."""
     img_size: int | None = None
     """Input height/width; None keeps the preset's value."""
     num_frames: int | None = None
@@ -65,12 +63,6 @@ class ModelConfig:
             "model.drop_path_rate",
             self.drop_path_rate,
             "must be in [0, 1)",
-        )
-        _check(
-            self.num_classes is None or self.num_classes >= 0,
-            "model.num_classes",
-            self.num_classes,
-            "must be >= 0",
         )
         _check(
             self.pretrained_format in ("auto", "videomae", "timm", "open_clip", "turbo_ds"),
@@ -163,8 +155,6 @@ class DataConfig:
     """Split evaluated every ``train.eval_every`` steps."""
     test_split: str | None = None
     """Split evaluated at the end with ``test_clips`` x ``test_crops`` views; None = skip."""
-    num_classes: int = 0
-    """Number of labels (0 = read from the index)."""
     num_frames: int = 8
     """Frames per clip."""
     frame_stride: int = 2
@@ -188,7 +178,6 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.index), "data.index", self.index, "must be a path")
-        _check(self.num_classes >= 0, "data.num_classes", self.num_classes, "must be >= 0")
         _check(self.num_frames > 0, "data.num_frames", self.num_frames, "must be > 0")
         _check(self.frame_stride > 0, "data.frame_stride", self.frame_stride, "must be > 0")
         _check(self.img_size > 0, "data.img_size", self.img_size, "must be > 0")
@@ -213,23 +202,21 @@ class DataConfig:
 
 @dataclass
 class TaskConfig:
-    """Which objective the loop trains (``turbo_ds.tasks``)."""
+    """Which objective the loop trains (``turbo_ds.tasks``). Any other key of the ``task:`` section is
+    an option of that task (e.g. ``label_smoothing`` for classification), collected in ``options`` and
+    validated by the task's own Options dataclass when the task is built."""
 
     name: str = "classification"
-    """Registered task."""
-    label_smoothing: float = 0.0
-    """Cross-entropy label smoothing."""
+    """A registered task (classification, video_text) or an import path ``package.module:Class``."""
     mae_weight: float = 1.0
     """Weight of the Partial-MAE loss (used when ``pmae.enabled``)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The task's own keys (written flat in YAML: ``task: {name: ..., label_smoothing: 0.1}``)."""
+
+    extra_keys_field: typing.ClassVar[str] = "options"
 
     def __post_init__(self) -> None:
-        _check(self.name in ("classification",), "task.name", self.name, "must be one of: classification")
-        _check(
-            0.0 <= self.label_smoothing < 1.0,
-            "task.label_smoothing",
-            self.label_smoothing,
-            "must be in [0, 1)",
-        )
+        _check(bool(self.name), "task.name", self.name, "must name a task")
         _check(self.mae_weight >= 0, "task.mae_weight", self.mae_weight, "must be >= 0")
 
 
@@ -451,17 +438,39 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+# Keys that moved: an old config gets told where they went.
+MOVED_KEYS = {
+    "data.num_classes": "task.num_classes",
+    "model.num_classes": "task.num_classes",
+}
+
+
+def build_section(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build the dataclass ``cls`` from ``data``: unknown keys, wrong types and bad values raise a
+    ConfigError naming the dotted key (``prefix`` + key)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
+    extra_field = getattr(cls, "extra_keys_field", None)
+    if unknown and extra_field:  # e.g. task options: validated later by the task itself
+        data = {k: v for k, v in data.items() if k not in unknown} | {
+            extra_field: {**data.get(extra_field, {}), **{k: data[k] for k in unknown}}
+        }
+        unknown = []
     if unknown:
+        moved = [
+            f"{prefix + k!r} is now {MOVED_KEYS[prefix + k]!r}" for k in unknown if prefix + k in MOVED_KEYS
+        ]
         raise ConfigError(
             f"unknown config key(s) {', '.join(repr(prefix + k) for k in unknown)}; "
             f"valid keys{' in ' + repr(prefix[:-1]) if prefix else ''}: {', '.join(names)}"
+            + (f" ({'; '.join(moved)})" if moved else "")
         )
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
+
+
+_build = build_section
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -494,6 +503,16 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return _build(TrainConfig, dict(data or {}))
 
 
+def upgrade_stored_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict stored by an older turbo_ds (in a checkpoint or export), in today's layout."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (data or {}).items()}
+    for section in ("data", "model"):
+        n = data.get(section, {}).pop("num_classes", None) if isinstance(data.get(section), dict) else None
+        if n:
+            data.setdefault("task", {}).setdefault("num_classes", n)
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or start from defaults when ``path`` is None) and apply ``--set`` overrides."""
     data: dict[str, Any] = {}
@@ -509,8 +528,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """The resolved config as plain nested dicts (what is written to the run folder and MLflow)."""
-    return dataclasses.asdict(cfg)
+    """The resolved config as plain nested dicts (what is written to the run folder and MLflow); task
+    options are written flat in the ``task`` section, as in a config file."""
+    d = dataclasses.asdict(cfg)
+    task = d.get("task")
+    if isinstance(task, dict) and "options" in task:
+        options = task.pop("options")
+        task.update(options)
+    return d
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> Path:

@@ -198,3 +198,12 @@ def write_json(data: dict[str, Any], path: str | Path) -> Path:
         tmp = f.name
     os.replace(tmp, path)
     return path
+
+
+def append_jsonl(record: dict[str, Any], path: str | Path) -> Path:
+    """Append one JSON line (a record per evaluation, per step...) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+    return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -83,26 +84,27 @@ def peak_memory_mb(device: torch.device) -> float:
 # --------------------------------------------------------------------------- data
 
 
-def num_classes_of(cfg: TrainConfig) -> int:
-    if cfg.data.num_classes:
-        return cfg.data.num_classes
-    from turbo_ds.data import VideoIndex
-
-    n = VideoIndex(cfg.data.index, root=cfg.data.root).num_classes
-    return int(n() if callable(n) else n)
-
-
-def build_loader(cfg: TrainConfig, split: str, kind: str, rank: int, world_size: int, output_dir: Path):
-    """kind: "train" (random crops, shuffled), "val" (centre clip + crop), "test" (multi-view)."""
+def build_loader(cfg: TrainConfig, spec, split: str, rank: int, world_size: int, output_dir: Path):
+    """The loader a task's :class:`~turbo_ds.tasks.DataSpec` asks for, on this rank's share of ``split``."""
     from turbo_ds.data import build_dataloader
 
     d = cfg.data
-    common = dict(
-        root=d.root,
+    if spec.batch_size is not None:
+        batch_size = spec.batch_size
+    elif spec.train:
+        batch_size = cfg.optim.micro_batch_size
+    else:
+        batch_size = d.eval_batch_size or cfg.optim.micro_batch_size
+    kwargs = dict(
+        root=spec.root if spec.index else d.root,
         split=split,
+        sampler=spec.sampler,
+        train=spec.train,
+        batch_size=batch_size,
         num_frames=d.num_frames,
         stride=d.frame_stride,
         img_size=d.img_size,
+        hflip=d.hflip if spec.train else 0.0,
         num_workers=d.num_workers,
         rank=rank,
         world_size=world_size,
@@ -112,22 +114,8 @@ def build_loader(cfg: TrainConfig, split: str, kind: str, rank: int, world_size:
         failure_log_dir=output_dir / "data_failures",
         pin_memory=torch.cuda.is_available(),
     )
-    eval_bs = d.eval_batch_size or cfg.optim.micro_batch_size
-    if kind == "train":
-        return build_dataloader(
-            d.index, train=True, batch_size=cfg.optim.micro_batch_size, hflip=d.hflip, **common
-        )
-    if kind == "val":
-        return build_dataloader(d.index, train=False, batch_size=eval_bs, **common)
-    return build_dataloader(
-        d.index,
-        train=False,
-        batch_size=eval_bs,
-        sampler="multiview",
-        num_clips=d.test_clips,
-        num_crops=d.test_crops,
-        **common,
-    )
+    kwargs.update(spec.kwargs)
+    return build_dataloader(spec.index or d.index, **kwargs)
 
 
 def _iterate(loader) -> Iterator[dict[str, Any]]:
@@ -147,40 +135,37 @@ def _iterate(loader) -> Iterator[dict[str, Any]]:
 
 
 @torch.no_grad()
-def evaluate(engine, loader, max_batches: int | None = None, prefix: str = "val") -> dict[str, float]:
-    """Metrics averaged over every sample of the split on all ranks (weighted by batch size).
+def evaluate(
+    engine, loader, evaluator=None, max_batches: int | None = None, prefix: str = "val"
+) -> dict[str, float]:
+    """Run the task on every batch of this rank's share of a split, feed ``evaluator`` (default: a
+    weighted mean of losses and metrics) and return its cross-rank result as ``{prefix}/name``.
 
     All ranks run the same number of forwards (ZeRO-3 gathers parameters collectively): a rank whose
-    share is exhausted repeats its last batch with weight 0.
+    share is exhausted repeats its last batch, and that output is not given to the evaluator.
     """
+    from turbo_ds.tasks.base import MeanEvaluator
+
+    evaluator = evaluator if evaluator is not None else MeanEvaluator()
     was_training = engine.ds.training
     engine.eval()
     n_local = len(loader) if max_batches is None else min(len(loader), max_batches)
     n_batches = int(engine.all_reduce_max(torch.tensor(float(n_local))).item())
-    sums: dict[str, float] = {}
-    count = 0.0
     last = None
     it = _iterate(loader)
     with rng_untouched():
         for i in range(n_batches):
             batch = next(it, None) if i < n_local else None
-            weight = 1.0
-            if batch is None:
-                batch, weight = last, 0.0
+            padding = batch is None
+            if padding:
+                batch = last
             if batch is None:  # this rank has no samples at all: nothing to run collectively with
                 continue
             last = batch
             out = engine(engine.to_device(batch))
-            bs = out.batch_size * weight
-            values = {"loss": out.loss, **out.losses, **out.metrics}
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * bs
-            count += bs
-    gathered = engine.all_gather_object((sums, count))
-    total = sum(c for _, c in gathered)
-    keys = sorted({k for s, _ in gathered for k in s})
-    result = {f"{prefix}/{k}": sum(s.get(k, 0.0) for s, _ in gathered) / max(total, 1.0) for k in keys}
-    result[f"{prefix}/num_samples"] = total
+            if not padding:
+                evaluator.update(batch, out)
+    result = {f"{prefix}/{k}": float(v) for k, v in evaluator.compute(engine).items()}
     engine.train(was_training)
     return result
 
@@ -189,7 +174,11 @@ def evaluate(engine, loader, max_batches: int | None = None, prefix: str = "val"
 
 
 class Trainer:
-    """Builds everything from a resolved config and a ds_config; :meth:`fit` runs the loop."""
+    """Builds everything from a resolved config and a ds_config; :meth:`fit` runs the loop.
+
+    The loop knows no task: it asks the task for its training data, its evaluations and its summary
+    lines, and sees only ``TaskOutput`` s.
+    """
 
     def __init__(self, cfg: TrainConfig, ds_config: str | Path | dict, resume: str | None = None, task=None):
         from turbo_ds.engine import distributed
@@ -198,15 +187,16 @@ class Trainer:
         from turbo_ds.tasks import build_task
         from turbo_ds.tracking import create_tracker
 
-        self.cfg = cfg
         self.out_dir = Path(cfg.output_dir)
         self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
         rank, world = distributed.init_distributed()
         self.rank, self.world_size = rank, world
         self.ds_config = resolve_ds_config(ds_config, cfg, world)
         seed_everything(cfg.seed)  # same initial weights on every rank
-        self.num_classes = num_classes_of(cfg)
-        self.task = task if task is not None else build_task(cfg, self.num_classes)
+        self.task = task if task is not None else build_task(cfg)
+        # The saved config carries the task's resolved options (defaults, num_classes from the index).
+        options = {**cfg.task.options, **self.task.options_dict()}
+        self.cfg = cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, options=options))
         if cfg.model.activation_checkpointing != "none":
             n = None if cfg.model.checkpoint_num_blocks < 0 else cfg.model.checkpoint_num_blocks
             offload = bool(self.ds_config.get("activation_checkpointing", {}).get("cpu_checkpointing", False))
@@ -218,12 +208,11 @@ class Trainer:
                 ds_config=self.ds_config,
             )
         self.engine = Engine(self.task, self.ds_config, cfg)
-        self.train_loader = build_loader(cfg, cfg.data.train_split, "train", rank, world, self.out_dir)
-        self.val_loader = (
-            build_loader(cfg, cfg.data.val_split, "val", rank, world, self.out_dir)
-            if cfg.data.val_split
-            else None
+        self.train_loader = build_loader(
+            cfg, self.task.train_data(), cfg.data.train_split, rank, world, self.out_dir
         )
+        self.eval_specs = self.task.eval_specs()
+        self._eval_loaders: dict[int, Any] = {}
 
         self.step = 0
         self.epoch = 0
@@ -269,10 +258,10 @@ class Trainer:
         params = flatten(config_to_dict(self.cfg))
         params.update({f"ds.{k}": v for k, v in flatten(self.ds_config).items()})
         params.update(library_versions())
-        params.update(
-            {"world_size": self.world_size, "git_commit": git_commit(), "num_classes": self.num_classes}
-        )
+        params.update({"world_size": self.world_size, "git_commit": git_commit()})
+        params.update(self.task.tracking_params())
         params["num_parameters"] = sum(p.numel() for p in self.task.parameters())
+        params["num_trainable_parameters"] = sum(p.numel() for p in self.task.parameters() if p.requires_grad)
         self.tracker.log_params(params)
         self.tracker.log_artifact(self.out_dir / "config.yaml")
         self.tracker.log_artifact(self.out_dir / "ds_config.json")
@@ -323,6 +312,36 @@ class Trainer:
             set_rng_state(rank_state["rng"])
         self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
 
+    # ------------------------------------------------------------------ evaluation
+    def _eval_loader(self, i: int, spec):
+        if i not in self._eval_loaders:
+            self._eval_loaders[i] = build_loader(
+                self.cfg, spec.data, spec.split, self.rank, self.world_size, self.out_dir
+            )
+        return self._eval_loaders[i]
+
+    def run_evaluations(self, during_training: bool) -> dict[str, float]:
+        """Every evaluation of the task (only those marked ``during_training`` mid-run)."""
+        metrics: dict[str, float] = {}
+        for i, spec in enumerate(self.eval_specs):
+            if during_training and not spec.during_training:
+                continue
+            loader = self._eval_loader(i, spec)
+            metrics.update(
+                evaluate(
+                    self.engine,
+                    loader,
+                    spec.make_evaluator(),
+                    self.cfg.train.eval_max_batches,
+                    prefix=spec.metric_prefix,
+                )
+            )
+        return metrics
+
+    def _summary_lines(self, metrics: dict[str, float]) -> list[str]:
+        prefixes = dict.fromkeys(spec.metric_prefix for spec in self.eval_specs)
+        return [line for p in prefixes for line in (self.task.summary(metrics, p) or "").splitlines() if line]
+
     # ------------------------------------------------------------------ loop
     def _batches(self) -> Iterator[dict[str, Any]]:
         while True:
@@ -336,143 +355,155 @@ class Trainer:
             ratio = 0.0
         else:
             ratio = self.cfg.token_dropout.drop_ratio
-        model = getattr(self.task, "model", None)
-        if model is not None and hasattr(model, "set_drop_ratio"):
-            model.set_drop_ratio(ratio)
+        self.task.set_drop_ratio(ratio)
+
+    def _micro_step(self, batch: dict[str, Any]):
+        """Forward; backward and step unless the loss is non-finite on any rank (then None)."""
+        eng = self.engine
+        out = eng(eng.to_device(batch))
+        bad = torch.tensor(0.0 if torch.isfinite(out.loss.detach()).all() else 1.0)
+        if eng.all_reduce_max(bad).item() > 0:
+            # Drop this micro batch on every rank: no backward, no step, DeepSpeed's accumulation
+            # counter does not move; the next batch takes its place.
+            self.nonfinite_in_row += 1
+            self.nonfinite_total += 1
+            self.log(
+                f"non-finite loss at step {self.step} (skipped; {self.nonfinite_in_row} in a row, "
+                f"{self.nonfinite_total} total)"
+            )
+            limit = self.cfg.train.max_nonfinite_in_row
+            if self.nonfinite_in_row >= limit:
+                raise NonFiniteLossError(
+                    f"{self.nonfinite_in_row} non-finite losses in a row at step {self.step} "
+                    f"(train.max_nonfinite_in_row = {limit}); last losses: "
+                    f"{ {k: float(v.detach()) for k, v in out.losses.items()} }. Lower optim.lr, check the data, "
+                    "or use bf16 instead of fp16."
+                )
+            return None
+        self.nonfinite_in_row = 0
+        eng.backward(out.loss)
+        eng.step()
+        return out
+
+    def _train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, float], float]:
+        """One optimizer step (``optim.grad_accum_steps`` finite micro batches): (mean values, tokens)."""
+        accum = self.cfg.optim.grad_accum_steps
+        values: dict[str, float] = {}
+        tokens = 0.0
+        micro = 0
+        while micro < accum:
+            out = self._micro_step(next(batches))
+            if out is None:
+                continue
+            micro += 1
+            tokens += float(out.extras.get("tokens_per_clip", 0)) * out.batch_size
+            for k, v in {"loss": out.loss, **out.losses, **out.metrics}.items():
+                values[k] = values.get(k, 0.0) + float(v.detach()) / accum
+        return values, tokens
+
+    def _window_record(self, window: dict[str, float], n: int, seconds: float, tokens: float, lr: float):
+        """The metrics logged every ``train.log_every`` steps, averaged over the window and ranks."""
+        eng = self.engine
+        clips_per_step = self.cfg.optim.micro_batch_size * self.cfg.optim.grad_accum_steps * self.world_size
+        keys = sorted(window)
+        vec = eng.all_reduce_mean(torch.tensor([window[k] / n for k in keys] + [tokens]))
+        rec = {f"train/{k}": float(v) for k, v in zip(keys, vec[:-1].tolist(), strict=True)}
+        rec.update(
+            {
+                "train/lr": lr,
+                "train/clips_per_s": clips_per_step * n / max(seconds, 1e-9),
+                "train/tokens_per_s": float(vec[-1]) * self.world_size / max(seconds, 1e-9),
+                "train/step_time_s": seconds / n,
+                "train/peak_mem_mb": float(eng.all_reduce_max(torch.tensor(peak_memory_mb(eng.device)))),
+                "train/nonfinite_total": float(self.nonfinite_total),
+                "train/epoch": float(self.epoch),
+            }
+        )
+        if (g := eng.grad_norm) is not None and math.isfinite(g):
+            rec["train/grad_norm"] = g
+        return rec
+
+    def _progress_bar(self):
+        if not (self.is_rank_0 and self.cfg.train.progress_bar):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.cfg.train.max_steps,
+            initial=self.step,
+            desc="train",
+            dynamic_ncols=True,
+            file=sys.stdout,
+            mininterval=0.5 if sys.stdout.isatty() else 15.0,  # a log file gets a line every 15 s
+        )
+
+    def _log_eval(self, metrics: dict[str, float]) -> None:
+        """Log one evaluation with the training time so far (quality against wall-clock time:
+        ``evals.jsonl`` in the run folder, and ``train/time_s`` in MLflow at the same step)."""
+        from turbo_ds.tracking import append_jsonl
+
+        timed = {**metrics, "train/time_s": self.train_time_s}
+        self.tracker.log_metrics(timed, step=self.step)
+        if self.is_rank_0:
+            append_jsonl({"step": self.step, **timed}, self.out_dir / "evals.jsonl")
+        headline = [f"{k} {v:.4g}" for k, v in metrics.items() if k.split("/", 1)[-1] in self.task.headline]
+        self.log(f"step {self.step}: " + ", ".join(headline))
 
     def fit(self) -> dict[str, float]:
-        cfg, eng = self.cfg, self.engine
-        tcfg = cfg.train
-        accum = cfg.optim.grad_accum_steps
-        clips_per_step = cfg.optim.micro_batch_size * accum * self.world_size
-        history: list[dict[str, float]] = []
+        cfg, eng, tcfg = self.cfg, self.engine, self.cfg.train
+        clips_per_step = cfg.optim.micro_batch_size * cfg.optim.grad_accum_steps * self.world_size
         self.log(
             f"training {type(self.task).__name__} for {tcfg.max_steps} steps on {self.world_size} rank(s), "
             f"{clips_per_step} clips/step, ds precision {eng.precision}, ZeRO stage "
             f"{self.ds_config.get('zero_optimization', {}).get('stage', 0)}"
         )
-        bar = None
-        if self.is_rank_0 and tcfg.progress_bar:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=tcfg.max_steps,
-                initial=self.step,
-                desc="train",
-                dynamic_ncols=True,
-                file=sys.stdout,
-                mininterval=0.5 if sys.stdout.isatty() else 15.0,  # a log file gets a line every 15 s
-            )
+        bar = self._progress_bar()
         eng.train()
         batches = self._batches()
-        nonfinite_in_row = 0
+        self.nonfinite_in_row = 0
+        history: list[dict[str, float]] = []
         window: dict[str, float] = {}
-        window_n = 0
-        window_time = 0.0
-        window_tokens = 0.0
-        last_eval: dict[str, float] = {}
+        window_n, window_time, window_tokens = 0, 0.0, 0.0
         t_step = time.perf_counter()
         status = "FAILED"
         try:
             while self.step < tcfg.max_steps:
                 self._apply_phase()
                 lr = eng.lr
-                micro = 0
-                step_losses: dict[str, float] = {}
-                tokens = 0.0
-                while micro < accum:
-                    batch = next(batches)
-                    out = eng(eng.to_device(batch))
-                    bad = torch.tensor(0.0 if torch.isfinite(out.loss.detach()).all() else 1.0)
-                    if eng.all_reduce_max(bad).item() > 0:
-                        # Drop this micro batch on every rank: no backward, no step, DeepSpeed's
-                        # accumulation counter does not move; the next batch takes its place.
-                        nonfinite_in_row += 1
-                        self.nonfinite_total += 1
-                        self.log(
-                            f"non-finite loss at step {self.step} (skipped; {nonfinite_in_row} in a row, {self.nonfinite_total} total)"
-                        )
-                        if nonfinite_in_row >= tcfg.max_nonfinite_in_row:
-                            raise NonFiniteLossError(
-                                f"{nonfinite_in_row} non-finite losses in a row at step {self.step} "
-                                f"(train.max_nonfinite_in_row = {tcfg.max_nonfinite_in_row}); last losses: "
-                                f"{ {k: float(v.detach()) for k, v in out.losses.items()} }. Lower optim.lr, check the data, "
-                                "or use bf16 instead of fp16."
-                            )
-                        continue
-                    nonfinite_in_row = 0
-                    eng.backward(out.loss)
-                    eng.step()
-                    micro += 1
-                    tokens += float(out.extras.get("tokens_per_clip", 0)) * out.batch_size
-                    for k, v in {"loss": out.loss, **out.losses, **out.metrics}.items():
-                        step_losses[k] = step_losses.get(k, 0.0) + float(v.detach()) / accum
+                values, tokens = self._train_step(batches)
                 self.step += 1
                 now = time.perf_counter()
                 dt, t_step = now - t_step, now
                 self.train_time_s += dt
                 self.train_clips += clips_per_step
-                for k, v in step_losses.items():
+                for k, v in values.items():
                     window[k] = window.get(k, 0.0) + v
-                window_n += 1
-                window_time += dt
-                window_tokens += tokens
+                window_n, window_time, window_tokens = window_n + 1, window_time + dt, window_tokens + tokens
                 if bar is not None:
                     bar.set_postfix(
-                        loss=f"{step_losses['loss']:.3f}",
+                        loss=f"{values['loss']:.3f}",
                         clips_s=f"{clips_per_step / max(dt, 1e-9):.1f}",
                         refresh=False,
                     )
                     bar.update(1)
-
                 if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps:
-                    keys = sorted(window)
-                    vec = eng.all_reduce_mean(
-                        torch.tensor([window[k] / window_n for k in keys] + [window_tokens])
-                    )
-                    rec = {f"train/{k}": float(v) for k, v in zip(keys, vec[:-1].tolist(), strict=True)}
-                    tok_all = float(vec[-1]) * self.world_size
-                    rec.update(
-                        {
-                            "train/lr": lr,
-                            "train/clips_per_s": clips_per_step * window_n / max(window_time, 1e-9),
-                            "train/tokens_per_s": tok_all / max(window_time, 1e-9),
-                            "train/step_time_s": window_time / window_n,
-                            "train/peak_mem_mb": float(
-                                eng.all_reduce_max(torch.tensor(peak_memory_mb(eng.device)))
-                            ),
-                            "train/nonfinite_total": float(self.nonfinite_total),
-                            "train/epoch": float(self.epoch),
-                        }
-                    )
-                    if (g := eng.grad_norm) is not None and math.isfinite(g):
-                        rec["train/grad_norm"] = g
+                    rec = self._window_record(window, window_n, window_time, window_tokens, lr)
                     self.tracker.log_metrics(rec, step=self.step)
                     history.append({"step": self.step, **rec})
                     window, window_n, window_time, window_tokens = {}, 0, 0.0, 0.0
                     t_step = time.perf_counter()
-
-                if (
-                    self.val_loader is not None
-                    and tcfg.eval_every
-                    and self.step % tcfg.eval_every == 0
-                    and self.step < tcfg.max_steps
-                ):
-                    last_eval = evaluate(eng, self.val_loader, tcfg.eval_max_batches)
-                    self.tracker.log_metrics(last_eval, step=self.step)
-                    self.log(
-                        f"step {self.step}: "
-                        + ", ".join(f"{k} {v:.2f}" for k, v in last_eval.items() if "top" in k or "loss" in k)
-                    )
+                mid_run = self.step < tcfg.max_steps
+                if mid_run and tcfg.eval_every and self.step % tcfg.eval_every == 0:
+                    self._log_eval(self.run_evaluations(during_training=True))
                     t_step = time.perf_counter()
                 every = cfg.checkpoint.every_steps
-                if every and self.step % every == 0 and self.step < tcfg.max_steps:
+                if mid_run and every and self.step % every == 0:
                     self.save()
                     t_step = time.perf_counter()
             if bar is not None:
                 bar.close()
                 bar = None
-            final = self._finish(history, last_eval)
+            final = self._finish(history)
             status = "FINISHED"
             return final
         finally:
@@ -480,31 +511,32 @@ class Trainer:
                 bar.close()
             self.tracker.finish(status)
 
-    def _finish(self, history: list[dict[str, float]], last_eval: dict[str, float]) -> dict[str, float]:
+    def _finish(self, history: list[dict[str, float]]) -> dict[str, float]:
         from turbo_ds.tracking import write_json
 
-        cfg, eng = self.cfg, self.engine
+        cfg = self.cfg
         if cfg.checkpoint.save_final:
             self.save()
         final: dict[str, float] = {"step": float(self.step)}
         if history:
             final.update({k: v for k, v in history[-1].items() if k != "step"})
-        if self.val_loader is not None:
-            final.update(evaluate(eng, self.val_loader, cfg.train.eval_max_batches))
-        if cfg.data.test_split:
-            test_loader = build_loader(
-                cfg, cfg.data.test_split, "test", self.rank, self.world_size, self.out_dir
+        evals = self.run_evaluations(during_training=False)
+        final.update(evals)
+        if self.is_rank_0:
+            from turbo_ds.tracking import append_jsonl
+
+            append_jsonl(
+                {"step": self.step, **evals, "train/time_s": self.train_time_s}, self.out_dir / "evals.jsonl"
             )
-            final.update(evaluate(eng, test_loader, cfg.train.eval_max_batches, prefix="test"))
         final["train/nonfinite_total"] = float(self.nonfinite_total)
         final["train/time_s"] = self.train_time_s
         final["train/avg_clips_per_s"] = self.train_clips / max(self.train_time_s, 1e-9)
         final["params_checksum"] = self.params_checksum()
         self.tracker.log_metrics(
             {
-                k: v
-                for k, v in final.items()
-                if k.startswith(("val/", "test/")) or k in ("train/time_s", "train/avg_clips_per_s")
+                **evals,
+                "train/time_s": final["train/time_s"],
+                "train/avg_clips_per_s": final["train/avg_clips_per_s"],
             },
             step=self.step,
         )
@@ -524,12 +556,8 @@ class Trainer:
                 for rec in history:
                     f.write(json.dumps(rec) + "\n")
             self.tracker.log_artifact(self.out_dir / "final_metrics.json")
-        for split in ("val", "test"):
-            if f"{split}/top1" in final:
-                chance = 100.0 / max(1, self.num_classes)
-                self.log(
-                    f"{split} top-1 {final[f'{split}/top1']:.2f}% top-5 {final.get(f'{split}/top5', float('nan')):.2f}% (chance {chance:.1f}%) on {int(final[f'{split}/num_samples'])} clips"
-                )
+        for line in self._summary_lines(final):
+            self.log(line)
         if self.is_rank_0 and self.tracker.ui_command():
             self.log(f"MLflow run {self.run_id}; open the UI with:\n    {self.tracker.ui_command()}")
         return final
@@ -601,38 +629,37 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 
 def eval_main(argv: list[str] | None = None) -> dict[str, float]:
-    """Consolidate weights (any ZeRO stage / world size), evaluate with all tokens, print and log."""
-    import dataclasses
-
-    from turbo_ds.config import config_from_dict
+    """Consolidate weights (any task, ZeRO stage, world size), run the task's evaluations of a split
+    with all tokens, print its summary, write ``eval_{split}_metrics.json`` and log to MLflow."""
+    from turbo_ds.config import apply_overrides, config_from_dict, upgrade_stored_config
     from turbo_ds.engine import distributed
     from turbo_ds.engine.engine import Engine, resolve_ds_config
     from turbo_ds.engine.export import ENCODER_PREFIX, consolidate
-    from turbo_ds.tasks import build_task
+    from turbo_ds.tasks import build_task, get_task_class
     from turbo_ds.tracking import create_tracker, write_json
 
     args = build_eval_parser().parse_args(argv)
     if args.weights:
         data = torch.load(args.weights, map_location="cpu", weights_only=False)
         stored_cfg = data["train_config"]
-        sd = {ENCODER_PREFIX + k: v for k, v in data["state_dict"].items()}
-        num_classes = data["vit_config"]["num_classes"]
+        sd = data.get("task_state_dict") or {ENCODER_PREFIX + k: v for k, v in data["state_dict"].items()}
         source = args.weights
     else:
         sd, client = consolidate(args.checkpoint)
         stored_cfg = client["config"]
-        num_classes = sd[ENCODER_PREFIX + "head.weight"].shape[0]
         source = args.checkpoint
     if args.config:
         cfg = load_config(args.config, args.overrides)
     else:
-        from turbo_ds.config import apply_overrides
-
-        cfg = config_from_dict(apply_overrides(stored_cfg, args.overrides))
+        cfg = config_from_dict(apply_overrides(upgrade_stored_config(stored_cfg), args.overrides))
+    # The weights come from the checkpoint: skip pretrained files, the decoder and checkpointing.
+    task_cls = get_task_class(cfg.task.name)
+    options = {**cfg.task.options, **dict.fromkeys(getattr(task_cls, "weight_options", ()), None)}
     cfg = dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, pretrained=None, activation_checkpointing="none"),
         pmae=dataclasses.replace(cfg.pmae, enabled=False),
+        task=dataclasses.replace(cfg.task, options=options),
         output_dir=args.output_dir or cfg.output_dir,
         data=dataclasses.replace(
             cfg.data,
@@ -643,27 +670,29 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
     split = args.split or cfg.data.test_split or cfg.data.val_split
     rank, world = distributed.init_distributed()
     ds = resolve_ds_config(args.ds_config, cfg, world)
-    task = build_task(cfg, num_classes)
+    seed_everything(cfg.seed)
+    task = build_task(cfg)
     missing, unexpected = task.load_state_dict(
         {k: v for k, v in sd.items() if not k.startswith("model.pmae.")}, strict=False
     )
-    missing = [k for k in missing if not k.startswith("model.pmae.")]
     if missing or unexpected:
         raise ValueError(
             f"weights from {source} do not fit the model: missing {missing}, unexpected {unexpected}"
         )
+    specs = task.eval_specs(split)
+    if not specs:
+        raise ValueError(f"task {cfg.task.name!r} has no evaluation for split {split!r}")
     engine = Engine(task, ds, cfg)
     out_dir = Path(cfg.output_dir)
-    loader = build_loader(cfg, split, "test", rank, world, out_dir)
-    views = cfg.data.test_clips * cfg.data.test_crops
-    metrics = evaluate(engine, loader, prefix=f"eval_{split}")
-    metrics[f"eval_{split}/views"] = float(views)
+    prefix = f"eval_{split}"
+    metrics: dict[str, float] = {}
+    for spec in specs:
+        loader = build_loader(cfg, spec.data, spec.split, rank, world, out_dir)
+        metrics.update(evaluate(engine, loader, spec.make_evaluator(), prefix=prefix))
     if engine.is_rank_0:
-        print(
-            f"[turbo_ds] {source} on '{split}' ({int(metrics[f'eval_{split}/num_samples'])} videos, {views} view(s)): "
-            f"top-1 {metrics.get(f'eval_{split}/top1', float('nan')):.2f}% top-5 {metrics.get(f'eval_{split}/top5', float('nan')):.2f}%",
-            flush=True,
-        )
+        print(f"[turbo_ds] {source} on split '{split}':", flush=True)
+        for line in (task.summary(metrics, prefix) or "").splitlines():
+            print(f"[turbo_ds]   {line}", flush=True)
         write_json(metrics, out_dir / f"eval_{split}_metrics.json")
     t = cfg.tracking
     tracker = create_tracker(
@@ -674,7 +703,9 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
         f"eval-{Path(source).name}-{split}",
         t.tracking_uri,
     )
-    tracker.log_params({"eval.source": source, "eval.split": split, "eval.views": views, "world_size": world})
+    tracker.log_params(
+        {"eval.source": source, "eval.split": split, "world_size": world, **task.tracking_params()}
+    )
     tracker.log_metrics(metrics, step=0)
     tracker.finish()
     return metrics

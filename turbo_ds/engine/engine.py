@@ -22,29 +22,6 @@ from turbo_ds.engine.optim import WarmupCosineSchedule, param_groups
 LATEST = "latest"
 
 
-def container_parameters(root: nn.Module) -> list[nn.Parameter]:
-    """Direct parameters of non-leaf modules (VideoViT's cls_token / position tables, Partial-MAE's
-    mask token).
-
-    ZeRO-3 gathers a module's parameters in hooks around its forward and, for backward, hooks on the
-    tensors it returns. Our containers return dataclasses (ViTOutput, TurboOutput, TaskOutput) and are
-    sometimes entered through other methods (``forward_features``), so those hooks cannot see them:
-    the engine gathers these (small) parameters itself before forward and backward."""
-    params = []
-    for m in root.modules():
-        if any(True for _ in m.children()):
-            params.extend(p for p in m.parameters(recurse=False) if p.requires_grad)
-    return params
-
-
-def _gather_zero3(params: list[nn.Parameter]) -> None:
-    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
-
-    missing = [p for p in params if getattr(p, "ds_status", None) == ZeroParamStatus.NOT_AVAILABLE]
-    if missing:
-        missing[0].all_gather(missing)
-
-
 class Engine:
     """A task wrapped by ``deepspeed.initialize`` with our AdamW groups and warmup-cosine schedule.
 
@@ -67,7 +44,6 @@ class Engine:
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=module, model_parameters=groups, config=ds_config, lr_scheduler=make_schedule
         )
-        self._zero3_container_params = container_parameters(module) if zero_stage(ds_config) == 3 else []
         self.module = self.ds.module
         self.device = self.ds.device
         self.precision = precision(ds_config)
@@ -144,8 +120,8 @@ class Engine:
         return out
 
     def __call__(self, batch: dict[str, Any]) -> Any:
-        if self._zero3_container_params:
-            _gather_zero3(self._zero3_container_params)
+        # Every module is entered through forward and returns dicts/tensors, so ZeRO-3's own hooks
+        # gather (and release) each module's parameters, forward and backward.
         return self.ds(batch)
 
     def train(self, mode: bool = True) -> None:
@@ -156,8 +132,6 @@ class Engine:
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of one micro batch (DeepSpeed scales by 1 / gradient_accumulation_steps)."""
-        if self._zero3_container_params:
-            _gather_zero3(self._zero3_container_params)
         self.ds.backward(loss)
 
     def step(self) -> bool:

@@ -61,7 +61,7 @@ def consolidate(
 
 def export_encoder(checkpoint_dir: str | Path, out_path: str | Path, tag: str | None = None) -> Path:
     """Write the consolidated encoder (what ``VideoViT`` loads for inference) to ``out_path``."""
-    from turbo_ds.config import config_from_dict
+    from turbo_ds.config import config_from_dict, upgrade_stored_config
     from turbo_ds.tasks import build_model
 
     sd, client = consolidate(checkpoint_dir, tag)
@@ -69,12 +69,14 @@ def export_encoder(checkpoint_dir: str | Path, out_path: str | Path, tag: str | 
         raise ValueError(
             f"checkpoint {checkpoint_dir} has no turbo_ds client state (not written by turbo_ds?)"
         )
-    cfg = config_from_dict(client["config"])
+    cfg = config_from_dict(upgrade_stored_config(client["config"]))
     enc_sd = {k[len(ENCODER_PREFIX) :]: v for k, v in sd.items() if k.startswith(ENCODER_PREFIX)}
     num_classes = enc_sd["head.weight"].shape[0] if "head.weight" in enc_sd else 0
     cfg.pmae.enabled = False
     encoder = build_model(
-        dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None)), num_classes
+        dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None)),
+        num_classes=num_classes,
+        proj_dim=enc_sd["proj.weight"].shape[0] if "proj.weight" in enc_sd else None,
     ).encoder
     encoder.load_state_dict(enc_sd, strict=True)  # fail here, not at inference time
     vit_config = dataclasses.asdict(encoder.cfg)

@@ -7,26 +7,22 @@ dropped token), 0 turns the loss off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from turbo_ds.models.layers import Block, init_weights
+from turbo_ds.models.outputs import Output
 from turbo_ds.models.pos_embed import separable_sincos
 from turbo_ds.models.token_dropout import gather_tokens
 from turbo_ds.models.vit import VideoViT, ViTOutput
 
 
-@dataclass
-class PartialMAEOutput:
+class PartialMAEOutput(Output):
     """loss: scalar MSE over the reconstructed tokens (None if nothing was reconstructed);
     recon_idx: sorted (B, N_recon) subset of drop_idx; pred / target: (B, N_recon, t*p*p*C)."""
 
-    loss: torch.Tensor | None
-    recon_idx: torch.Tensor | None
-    pred: torch.Tensor | None
-    target: torch.Tensor | None
+    def __init__(self, loss, recon_idx, pred, target):
+        super().__init__(loss=loss, recon_idx=recon_idx, pred=pred, target=target)
 
 
 def check_pmae_ratio(pmae_ratio: float) -> float:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from turbo_ds.models.config import ViTConfig
 from turbo_ds.models.layers import Block, PatchEmbed3D, init_weights
+from turbo_ds.models.outputs import Output
 from turbo_ds.models.pos_embed import resize_spatial, resize_temporal, separable_sincos
 from turbo_ds.models.token_dropout import TokenDropout, check_drop_ratio, gather_tokens
 
@@ -17,8 +17,7 @@ from turbo_ds.models.token_dropout import TokenDropout, check_drop_ratio, gather
 CheckpointFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
-@dataclass
-class ViTOutput:
+class ViTOutput(Output):
     """What the encoder saw and produced.
 
     tokens: (B, N_keep, D) final-normed patch tokens (no CLS), in `keep_idx` order; all N in eval.
@@ -26,13 +25,21 @@ class ViTOutput:
     keep_idx / drop_idx: sorted (B, N_keep) / (B, N_drop) indices into the flattened (T', H', W') grid,
         None when nothing was dropped (eval mode or drop_ratio 0).
     grid: the (T', H', W') token grid of this input.
+    logits: the head's output (B, num_classes), or `pooled` when there is no head.
     """
 
-    tokens: torch.Tensor
-    pooled: torch.Tensor
-    keep_idx: torch.Tensor | None
-    drop_idx: torch.Tensor | None
-    grid: tuple[int, int, int]
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        pooled: torch.Tensor,
+        keep_idx: torch.Tensor | None,
+        drop_idx: torch.Tensor | None,
+        grid: tuple[int, int, int],
+        logits: torch.Tensor | None = None,
+    ):
+        super().__init__(
+            tokens=tokens, pooled=pooled, keep_idx=keep_idx, drop_idx=drop_idx, grid=grid, logits=logits
+        )
 
 
 class VideoViT(nn.Module):
@@ -143,6 +150,10 @@ class VideoViT(nn.Module):
     def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.head(pooled) if self.head is not None else pooled
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes), or pooled features (B, num_features) when there is no head."""
-        return self.forward_head(self.forward_features(video).pooled)
+    def forward(self, video: torch.Tensor, return_features: bool = False) -> torch.Tensor | ViTOutput:
+        """Logits (B, num_classes), or pooled features (B, num_features) when there is no head; with
+        ``return_features`` the whole :class:`ViTOutput` (``logits`` filled in). Containers call the
+        encoder this way (through ``forward``, so ZeRO-3's hooks see it), never ``forward_features``."""
+        out = self.forward_features(video)
+        out.logits = self.forward_head(out.pooled)
+        return out if return_features else out.logits

@@ -1,32 +1,48 @@
-"""Tasks: one module per objective, each an ``nn.Module`` returning a :class:`TaskOutput`.
+"""Tasks: one module per objective, each a :class:`Task` returning a :class:`TaskOutput`.
 
-``build_task(cfg, num_classes)`` builds the model core (VideoViT + optional Partial-MAE, pretrained
-weights) and wraps it in the configured task.
+``build_task(cfg)`` looks ``task.name`` up in the registry (or imports ``module:Class``) and calls the
+task's ``from_config``; ``build_model`` builds the shared video core (VideoViT + optional Partial-MAE,
+pretrained weights) that tasks wrap.
 """
 
 from __future__ import annotations
 
 from turbo_ds.config import TrainConfig
-from turbo_ds.tasks.base import TaskOutput
-from turbo_ds.tasks.classification import ClassificationTask, topk_accuracy
+from turbo_ds.tasks.base import DataSpec, EvalSpec, Evaluator, MeanEvaluator, Task, TaskOutput
+from turbo_ds.tasks.registry import get_task_class, list_tasks, register_task
 
-__all__ = ["ClassificationTask", "TaskOutput", "build_model", "build_task", "topk_accuracy"]
+__all__ = [
+    "DataSpec",
+    "EvalSpec",
+    "Evaluator",
+    "MeanEvaluator",
+    "Task",
+    "TaskOutput",
+    "build_model",
+    "build_task",
+    "get_task_class",
+    "list_tasks",
+    "register_task",
+]
 
 
-def build_model(cfg: TrainConfig, num_classes: int):
-    """The TurboModel described by ``cfg.model``, ``cfg.token_dropout`` and ``cfg.pmae``."""
+def build_model(cfg: TrainConfig, num_classes: int = 0, proj_dim: int | None = None):
+    """The TurboModel described by ``cfg.model``, ``cfg.token_dropout`` and ``cfg.pmae``, with a
+    ``num_classes`` head (0 = none) and an optional linear projection of the pooled feature."""
     from turbo_ds.models import PartialMAE, TurboModel, create_model, load_pretrained
 
     m = cfg.model
     overrides = dict(m.overrides)
     overrides.update(
-        num_classes=m.num_classes if m.num_classes is not None else num_classes,
+        num_classes=num_classes,
         num_frames=cfg.data.num_frames,
         img_size=cfg.data.img_size,
         drop_path_rate=m.drop_path_rate,
         drop_ratio=cfg.token_dropout.drop_ratio,
         drop_strategy=cfg.token_dropout.strategy,
     )
+    if proj_dim is not None:
+        overrides["proj_dim"] = proj_dim
     encoder = create_model(m.name, **overrides)
     if m.pretrained:
         report = load_pretrained(encoder, m.pretrained, fmt=m.pretrained_format, inflation=m.inflation)
@@ -53,10 +69,14 @@ def build_model(cfg: TrainConfig, num_classes: int):
     return TurboModel(encoder, pmae)
 
 
-def build_task(cfg: TrainConfig, num_classes: int) -> ClassificationTask:
-    model = build_model(cfg, num_classes)
-    if cfg.task.name == "classification":
-        return ClassificationTask(
-            model, label_smoothing=cfg.task.label_smoothing, mae_weight=cfg.task.mae_weight
-        )
-    raise ValueError(f"config key 'task.name' = {cfg.task.name!r}: unknown task")
+def build_task(cfg: TrainConfig) -> Task:
+    """The task ``cfg.task.name`` built from ``cfg`` (its options validated)."""
+    return get_task_class(cfg.task.name).from_config(cfg)
+
+
+def __getattr__(name: str):  # lazy: importing turbo_ds.tasks does not build every task module
+    if name in ("ClassificationTask", "topk_accuracy"):
+        from turbo_ds.tasks import classification
+
+        return getattr(classification, name)
+    raise AttributeError(name)

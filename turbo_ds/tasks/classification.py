@@ -1,15 +1,21 @@
-"""Action classification: cross-entropy (optional label smoothing) + ``mae_weight`` x Partial-MAE."""
+"""Action classification: cross-entropy (optional label smoothing) + ``mae_weight`` x Partial-MAE.
+
+Evaluation: the val split with one centre clip, the test split with ``data.test_clips`` x
+``data.test_crops`` views whose softmax is averaged; top-1 / top-5 against chance.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from turbo_ds.config import ConfigError, TrainConfig
 from turbo_ds.models import TurboModel
-from turbo_ds.tasks.base import TaskOutput
+from turbo_ds.tasks.base import DataSpec, EvalSpec, MeanEvaluator, Task, TaskOutput
+from turbo_ds.tasks.registry import register_task
 
 
 def topk_accuracy(
@@ -22,16 +28,98 @@ def topk_accuracy(
     return {f"top{k}": hit[:, : min(k, maxk)].any(dim=1).float().mean() * 100.0 for k in ks}
 
 
-class ClassificationTask(nn.Module):
+@dataclass
+class ClassificationOptions:
+    """``task.*`` keys of the classification task."""
+
+    num_classes: int = 0
+    """Number of labels (0 = read from ``data.index``)."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing (training only)."""
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 0:
+            raise ConfigError(f"config key 'task.num_classes' = {self.num_classes!r}: must be >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(
+                f"config key 'task.label_smoothing' = {self.label_smoothing!r}: must be in [0, 1)"
+            )
+
+
+def num_classes_in_index(cfg: TrainConfig) -> int:
+    from turbo_ds.data import VideoIndex
+
+    return int(VideoIndex(cfg.data.index, root=cfg.data.root).num_classes)
+
+
+@register_task("classification")
+class ClassificationTask(Task):
     """Wraps a :class:`TurboModel`. Training: token dropout + Partial-MAE; eval: all tokens, and a
     ``video`` of shape (B, V, C, T, H, W) (multi-view test) is scored by averaging softmax over views."""
 
-    def __init__(self, model: TurboModel, label_smoothing: float = 0.0, mae_weight: float = 1.0):
+    Options = ClassificationOptions
+    headline = ("top1", "top5", "loss")
+
+    def __init__(
+        self,
+        model: TurboModel,
+        label_smoothing: float = 0.0,
+        mae_weight: float = 1.0,
+        cfg: TrainConfig | None = None,
+    ):
         super().__init__()
         self.model = model
         self.label_smoothing = float(label_smoothing)
         self.mae_weight = float(mae_weight)
+        self.cfg = cfg
+        head = model.encoder.head
+        self.num_classes = int(head.out_features) if head is not None else 0
+        self.options = ClassificationOptions(self.num_classes, self.label_smoothing)
 
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> ClassificationTask:
+        from turbo_ds.tasks import build_model
+
+        opts = cls.parse_options(cfg.task.options)
+        num_classes = opts.num_classes or num_classes_in_index(cfg)
+        model = build_model(cfg, num_classes=num_classes)
+        return cls(model, label_smoothing=opts.label_smoothing, mae_weight=cfg.task.mae_weight, cfg=cfg)
+
+    # ---- data and evaluation ---------------------------------------------------------------------
+    def train_data(self) -> DataSpec:
+        return DataSpec(sampler="dense", train=True)
+
+    def eval_specs(self, split: str | None = None) -> list[EvalSpec]:
+        d = self.cfg.data
+        multiview = DataSpec(
+            sampler="multiview", train=False, kwargs={"num_clips": d.test_clips, "num_crops": d.test_crops}
+        )
+        if split is not None:  # scripts/eval.py: the multi-view protocol on any split
+            return [EvalSpec(split, multiview, MeanEvaluator, name="multi-view")]
+        specs = []
+        if d.val_split:
+            specs.append(
+                EvalSpec(d.val_split, DataSpec(sampler="dense", train=False), MeanEvaluator, prefix="val")
+            )
+        if d.test_split:
+            specs.append(
+                EvalSpec(d.test_split, multiview, MeanEvaluator, prefix="test", during_training=False)
+            )
+        return specs
+
+    def summary(self, metrics: dict[str, float], prefix: str) -> str | None:
+        if f"{prefix}/top1" not in metrics:
+            return None
+        chance = 100.0 / max(1, self.num_classes)
+        return (
+            f"{prefix} top-1 {metrics[f'{prefix}/top1']:.2f}% top-5 {metrics.get(f'{prefix}/top5', float('nan')):.2f}% "
+            f"(chance {chance:.1f}%) on {int(metrics.get(f'{prefix}/num_samples', 0))} clips"
+        )
+
+    def tracking_params(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes}
+
+    # ---- forward ---------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> TaskOutput:
         video, labels = batch["video"], batch["label"]
         views = 1
@@ -54,15 +142,17 @@ class ClassificationTask(nn.Module):
         loss = sum(losses.values())
         with torch.no_grad():
             metrics.update(topk_accuracy(logits.detach(), labels))
-            n_tokens = (
-                out.keep_idx.shape[1]
-                if out.keep_idx is not None
-                else (out.tokens.shape[1] if out.tokens is not None else 0)
-            )
         return TaskOutput(
             loss=loss,
             losses=losses,
             metrics=metrics,
             batch_size=int(labels.shape[0]),
-            extras={"logits": logits.detach(), "tokens_per_clip": int(n_tokens) * views},
+            extras={"logits": logits.detach(), "tokens_per_clip": tokens_per_clip(out) * views},
         )
+
+
+def tokens_per_clip(out) -> int:
+    """Patch tokens the encoder processed per clip (kept tokens under token dropout)."""
+    if out.keep_idx is not None:
+        return int(out.keep_idx.shape[1])
+    return int(out.tokens.shape[1]) if out.tokens is not None else 0

@@ -1,0 +1,54 @@
+"""Task registry: ``task.name`` -> Task class.
+
+Built-in tasks register themselves with :func:`register_task`; ``task.name`` may also be an import
+path ``package.module:ClassName``, so a task defined outside turbo_ds needs no edit here either.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from turbo_ds.config import ConfigError
+
+_TASKS: dict[str, type] = {}
+BUILTIN_MODULES = ("turbo_ds.tasks.classification", "turbo_ds.tasks.video_text")
+
+
+def register_task(name: str):
+    """Class decorator: make a Task subclass available as ``task.name: NAME``."""
+
+    def deco(cls: type) -> type:
+        if name in _TASKS and _TASKS[name] is not cls:
+            raise ValueError(f"task {name!r} is already registered ({_TASKS[name].__qualname__})")
+        _TASKS[name] = cls
+        cls.task_name = name
+        return cls
+
+    return deco
+
+
+def _load_builtins() -> None:
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def get_task_class(name: str) -> type:
+    """The Task class for ``task.name`` (a registered name or ``module:Class``)."""
+    if ":" in name:
+        mod, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"config key 'task.name' = {name!r}: cannot import it ({e})") from e
+    _load_builtins()
+    if name not in _TASKS:
+        raise ConfigError(
+            f"config key 'task.name' = {name!r}: unknown task; registered: {', '.join(sorted(_TASKS))} "
+            "(or give an import path 'package.module:ClassName')"
+        )
+    return _TASKS[name]
+
+
+def list_tasks() -> list[str]:
+    _load_builtins()
+    return sorted(_TASKS)
