@@ -179,8 +179,9 @@ class VideoTextTask(Task):
         self.options = options
         self.cfg = cfg
         self.mae_weight = float(cfg.task.mae_weight)
+        # Shape (1,), not 0-d: DeepSpeed broadcasts parameters through a byte view, which a 0-d tensor lacks.
         self.logit_scale = nn.Parameter(
-            torch.tensor(math.log(1.0 / options.temperature_init)), requires_grad=options.learn_temperature
+            torch.full((1,), math.log(1.0 / options.temperature_init)), requires_grad=options.learn_temperature
         )
         self._tokenizer = None
 
@@ -286,7 +287,7 @@ class VideoTextTask(Task):
     # ---- forward ---------------------------------------------------------------------------------
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped at ``max_logit_scale`` (CLIP)."""
-        return self.logit_scale.float().exp().clamp(max=self.options.max_logit_scale)
+        return self.logit_scale.float().exp().clamp(max=self.options.max_logit_scale)[0]
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(..., L) token ids -> (..., E) embeddings."""

@@ -1,0 +1,243 @@
+"""Video-text task: named losses and CLIP's temperature, text tower modes, alignment forward, the
+retrieval / alignment evaluators' cross-rank reduction, and a frozen text tower under ZeRO-2 and ZeRO-3
+(no gradient, no optimizer state, weights unchanged) over 2 gloo ranks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from turbo_ds.config import ConfigError, config_from_dict
+from turbo_ds.tasks import build_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(**task):
+    return config_from_dict(
+        {
+            "model": {"name": "vit_debug"},
+            "token_dropout": {"drop_ratio": 0.5},
+            "pmae": {"enabled": True, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+            "data": {"num_frames": 4, "img_size": 32},
+            "task": {"name": "video_text", "text_model": "turbo-tiny", "context_length": 16, **task},
+            "optim": {"micro_batch_size": 4, "lr": 1e-2, "warmup_steps": 0},
+            "train": {"max_steps": 3},
+        }
+    )
+
+
+def _batch(task, b=4, k=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    words = ["red", "green", "blue", "left", "right", "up", "down", "seven"]
+    texts = [[" ".join(words[(i * 3 + j + seed) % 8] for j in range(3)) for _ in range(k)] for i in range(b)]
+    tok = task.tokenizer()
+    return {
+        "video": torch.randn(b, 3, 4, 32, 32, generator=g),
+        "text_tokens": torch.stack([tok(t) for t in texts]),
+        "caption_mask": torch.ones(b, k, dtype=torch.bool),
+        "sample_idx": torch.arange(b) + 10 * seed,
+    }
+
+
+def test_losses_temperature_and_clamp():
+    torch.manual_seed(0)
+    task = build_task(_cfg(mae_weight=0.3)).train()
+    out = task(_batch(task))
+    assert set(out.losses) == {"nce_loss", "mae_loss"}
+    assert float(out.loss) == pytest.approx(float(sum(out.losses.values())))
+    assert float(out.metrics["temperature"]) == pytest.approx(0.07, rel=1e-5)
+    assert 0.0 <= float(out.metrics["v2t_acc"]) <= 100.0
+    with torch.no_grad():
+        task.logit_scale.fill_(math.log(500.0))
+    assert float(task.scale()) == 100.0  # CLIP's clamp
+    assert out.extras["video_emb"].shape == (4, task.text.embed_dim)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "last_n", "full"])
+def test_text_tower_modes_get_gradients_or_not(mode):
+    torch.manual_seed(0)
+    task = build_task(_cfg(text_mode=mode)).train()
+    task(_batch(task)).loss.backward()
+    text_grads = {n: p.grad is not None for n, p in task.text.named_parameters()}
+    if mode == "frozen":
+        assert not any(text_grads.values()) and not task.text.training
+    elif mode == "full":
+        assert all(text_grads.values())
+    else:
+        assert any(text_grads.values()) and not all(text_grads.values())
+    assert task.logit_scale.grad is not None
+    assert all(p.grad is not None for p in task.model.encoder.parameters() if p.requires_grad)
+
+
+def test_milnce_option_and_bad_options():
+    torch.manual_seed(0)
+    task = build_task(_cfg(loss="milnce", num_captions=3)).train()
+    out = task(_batch(task, k=3))
+    assert math.isfinite(float(out.losses["nce_loss"]))
+    with pytest.raises(ConfigError, match="task.num_captions"):
+        build_task(_cfg(loss="infonce", num_captions=2))
+    with pytest.raises(ConfigError, match="task.text_mode"):
+        build_task(_cfg(text_mode="half"))
+
+
+def test_alignment_forward_scores_every_sentence_against_every_second():
+    torch.manual_seed(0)
+    task = build_task(_cfg()).eval()
+    b = _batch(task, b=5)
+    batch = {"video": b["video"][None], "text_tokens": b["text_tokens"][None, :3, 0]}
+    with torch.no_grad():
+        out = task(batch)
+        sim = out.extras["sim"]
+        clips = torch.nn.functional.normalize(task.model(b["video"]).features, dim=-1)
+        text = torch.nn.functional.normalize(task.text(batch["text_tokens"][0]), dim=-1)
+    assert sim.shape == (3, 5)
+    torch.testing.assert_close(sim, text @ clips.T)
+
+
+class FakeComm:
+    """Two 'ranks' in one process: rank 1's objects are given up front."""
+
+    world_size = 2
+
+    def __init__(self, other):
+        self.other = other
+
+    def all_gather_object(self, obj):
+        return [obj, self.other]
+
+
+def test_retrieval_evaluator_gathers_each_sample_once():
+    from turbo_ds.tasks.base import TaskOutput
+    from turbo_ds.tasks.video_text import RetrievalEvaluator
+
+    emb = torch.eye(6)
+    ev0, ev1 = RetrievalEvaluator(), RetrievalEvaluator()
+    # rank 0 has samples 0-2 and (padding-free) a duplicate of 5; rank 1 has 3-5
+    for ev, ids in ((ev0, [0, 1, 2, 5]), (ev1, [3, 4, 5])):
+        idx = torch.tensor(ids)
+        ev.update(
+            {"sample_idx": idx},
+            TaskOutput(torch.zeros(()), {}, extras={"video_emb": emb[idx], "text_emb": emb[idx]}),
+        )
+    local1 = [np.concatenate(ev1.ids), np.concatenate(ev1.video), np.concatenate(ev1.text)]
+    m = ev0.compute(FakeComm(local1))
+    assert m["num_samples"] == 6 and m["t2v_r1"] == 100.0 and m["v2t_medr"] == 1.0
+
+
+def test_alignment_evaluator_pools_videos_of_all_ranks():
+    from turbo_ds.tasks.base import TaskOutput
+    from turbo_ds.tasks.video_text import AlignmentEvaluator
+
+    def batch(vid, starts, ends, alignable):
+        return {
+            "video_id": [vid],
+            "caption_start_s": torch.tensor([starts]),
+            "caption_end_s": torch.tensor([ends]),
+            "alignable": torch.tensor([alignable]),
+        }
+
+    ev0, ev1 = AlignmentEvaluator(), AlignmentEvaluator()
+    # video a: sentence 0 peaks at t=1 (span 1.2-1.8: hit), sentence 1 not alignable (low score)
+    ev0.update(
+        batch("a", [1.2, 0.0], [1.8, 1.0], [True, False]),
+        TaskOutput(torch.zeros(()), {}, extras={"sim": torch.tensor([[0.1, 0.9, 0.2], [0.0, 0.1, 0.0]])}),
+    )
+    # video b: sentence peaks at t=0 but spans 2-3 (miss)
+    ev1.update(
+        batch("b", [2.0], [3.0], [True]),
+        TaskOutput(torch.zeros(()), {}, extras={"sim": torch.tensor([[0.8, 0.1, 0.3, 0.2]])}),
+    )
+    m = ev0.compute(FakeComm(ev1.videos))
+    assert m["align_r1"] == 50.0 and m["align_num_videos"] == 2 and m["align_num_sentences"] == 3
+    assert m["align_roc_auc"] == 1.0  # both alignable sentences score above the non-alignable one
+
+
+# --------------------------------------------------------------------------- ZeRO-2 / ZeRO-3, 2 ranks
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _zero_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    import deepspeed.comm as dist
+
+    from turbo_ds.engine import Engine
+    from turbo_ds.engine.engine import gathered_parameters
+
+    results = {}
+    for stage in ("zero2", "zero3"):
+        cfg = _cfg(text_mode="frozen")
+        torch.manual_seed(0)
+        task = build_task(cfg)
+        text_numel = sum(p.numel() for p in task.text.parameters())
+        trainable = sum(p.numel() for p in task.parameters() if p.requires_grad)
+        text_before = [p.detach().clone() for p in task.text.parameters()]
+        video_before = [p.detach().clone() for p in task.model.encoder.parameters()]
+        eng = Engine.create(task, cfg, ROOT / "ds_configs" / f"{stage}.json")
+        losses = []
+        for step in range(3):
+            out = eng(eng.to_device(_batch(task, b=4, seed=10 * step + rank)))
+            eng.backward(out.loss)
+            eng.step()
+            losses.append(float(eng.all_reduce_mean(out.loss.detach())))
+        state = eng.optimizer.optimizer.state  # the torch AdamW under DeepSpeed's ZeRO optimizer
+        local = sum(s["exp_avg"].numel() for s in state.values() if "exp_avg" in s)
+        total = torch.tensor(float(local))
+        dist.all_reduce(total)
+        with gathered_parameters(eng):
+            text_same = all(
+                torch.equal(a, b) for a, b in zip(text_before, eng.module.text.parameters(), strict=True)
+            )
+            video_changed = any(
+                not torch.equal(a, b)
+                for a, b in zip(video_before, eng.module.model.encoder.parameters(), strict=True)
+            )
+        results[stage] = {
+            "losses": losses,
+            "optimizer_numel": float(total),
+            "trainable": trainable,
+            "text_numel": text_numel,
+            "text_same": text_same,
+            "video_changed": video_changed,
+            "text_requires_grad": any(p.requires_grad for p in eng.module.text.parameters()),
+        }
+    with open(Path(out_dir) / f"rank{rank}.json", "w") as f:
+        json.dump(results, f)
+
+
+@pytest.mark.slow
+def test_frozen_text_tower_under_zero2_and_zero3(tmp_path):
+    mp.start_processes(
+        _zero_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn"
+    )
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    for stage in ("zero2", "zero3"):
+        a = r0[stage]
+        assert a["losses"] == r1[stage]["losses"] and all(math.isfinite(v) for v in a["losses"])
+        assert a["text_same"] and a["video_changed"] and not a["text_requires_grad"], stage
+        # optimizer state covers the trainable parameters (plus ZeRO's alignment padding), never the tower
+        assert a["trainable"] <= a["optimizer_numel"] < a["trainable"] + 1024, (stage, a)
+        assert a["text_numel"] > 1024
+    # the same model, data and seed: ZeRO-3 trains like ZeRO-2
+    assert r0["zero3"]["losses"] == pytest.approx(r0["zero2"]["losses"], rel=1e-4, abs=1e-5)
