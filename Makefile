@@ -47,6 +47,11 @@ demo-vlp: setup
 	test -f demo_data/vlp_align.parquet || $(PY) -m data_index demo --out demo_data
 	.venv/bin/deepspeed --num_gpus 2 scripts/train.py --ds_config ds_configs/zero2.json --config configs/demo_video_text.yaml
 
+# Video-text: dense vs drop 0.5 vs drop 0.75 (+ Partial-MAE), quality against training time.
+bench-vlp: setup
+	test -f demo_data/vlp_align.parquet || $(PY) -m data_index demo --out demo_data
+	$(PY) scripts/bench_vlp.py --config configs/demo_video_text.yaml --ds_config ds_configs/zero2.json --num_gpus 2 --json docs/bench_vlp.json --plot docs/bench_vlp.png
+
 # Dense vs Turbo on the demo task (same steps); results appended to docs/benchmarks.md.
 bench-train: setup
 	test -f demo_data/vlp_align.parquet || $(PY) -m data_index demo --out demo_data

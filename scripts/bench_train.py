@@ -25,21 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Training: dense vs Turbo (scripts/bench_train.py)"
 
 
-def run_variant(name: str, overrides: list[str], args, out: Path) -> dict:
-    run_dir = out / name
-    sets = [
-        f"output_dir={run_dir}",
-        f"train.max_steps={args.steps}",
-        "train.eval_every=0",
-        "train.progress_bar=false",
-        "checkpoint.every_steps=0",
-        "checkpoint.save_final=false",
-        "tracking.experiment=bench_train",
-        f"tracking.tracking_uri=sqlite:///{out.resolve()}/mlflow.db",
-        f"tracking.run_name={name}",
-        *overrides,
-        *args.set,
-    ]
+def launch_run(name: str, sets: list[str], args) -> float:
+    """``scripts/train.py`` with ``--set`` overrides under the deepspeed launcher (plain python for one
+    process), quietly; returns the launch's wall time. Shared by the benchmark scripts."""
     train = [str(ROOT / "scripts" / "train.py"), "--config", args.config, "--ds_config", args.ds_config]
     for s in sets:
         train += ["--set", s]
@@ -61,12 +49,31 @@ def run_variant(name: str, overrides: list[str], args, out: Path) -> dict:
         for k, v in os.environ.items()
         if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MLFLOW_TRACKING_URI")
     }
-    print(f"[bench_train] {name}: {' '.join(cmd)}", flush=True)
+    print(f"[bench] {name}: {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return wall
+
+
+def run_variant(name: str, overrides: list[str], args, out: Path) -> dict:
+    run_dir = out / name
+    sets = [
+        f"output_dir={run_dir}",
+        f"train.max_steps={args.steps}",
+        "train.eval_every=0",
+        "train.progress_bar=false",
+        "checkpoint.every_steps=0",
+        "checkpoint.save_final=false",
+        "tracking.experiment=bench_train",
+        f"tracking.tracking_uri=sqlite:///{out.resolve()}/mlflow.db",
+        f"tracking.run_name={name}",
+        *overrides,
+        *args.set,
+    ]
+    wall = launch_run(name, sets, args)
     final = json.loads((run_dir / "final_metrics.json").read_text())
     return {
         "variant": name,

@@ -291,9 +291,14 @@ def test_tiny_demo_video_text_part(tiny_demo):  # noqa: F811
         visible = [c for c in r["captions"] if c["alignable"]]
         hidden = [c for c in r["captions"] if not c["alignable"]]
         assert 2 <= len(visible) <= 3 and 1 <= len(hidden) <= 2
-        colours = {c["text"].split()[1] for c in visible}
-        assert len(colours) == len(visible)  # a different colour in every segment
-        assert all(c["text"].split()[1] not in colours for c in hidden)  # an absent colour
+
+        def colour_and_direction(text):
+            return text.split()[1], next(d for d in ("left", "right", "up", "down") if d in text)
+
+        pairs = [colour_and_direction(c["text"]) for c in visible]
+        assert len({c for c, _ in pairs}) == min(2, len(pairs))  # two colours alternate
+        assert len(set(pairs)) == len(pairs)  # same-colour segments move differently
+        assert all(colour_and_direction(c["text"]) not in pairs for c in hidden)  # not in the video
         assert all(0 <= c["start_s"] < c["end_s"] <= r["duration_s"] + 1e-3 for c in hidden)
     assert (tiny_demo / "annotations" / "vlp_htm_align.json").exists()
     assert (tiny_demo / "annotations" / "vlp.csv").exists()
@@ -335,3 +340,39 @@ def test_broken_video_replaced_and_reported(cap_index, tmp_path, sampler):
         ids = [v for b in dl for v in b["video_id"]]
     assert len(ids) == len(dl.dataset) and "v1" not in ids  # every item delivered, by a replacement
     assert dl.failure_summary()["videos"] == {str(broken / "v1.mp4"): "zero-byte"}
+
+
+def test_group_by_video_keeps_a_videos_clips_in_one_global_batch(cap_index):
+    """Shuffled by video: a video's samples_per_video clips are consecutive in the global order, so
+    with 2 ranks they meet in one global batch; within an epoch they take distinct captions."""
+    train, _, _ = cap_index
+    spv, world, bs = 2, 2, 1
+    loaders = [
+        build_dataloader(
+            train,
+            split="train",
+            samples_per_video=spv,
+            group_by_video=True,
+            rank=r,
+            world_size=world,
+            **_kw(batch_size=bs),
+        )
+        for r in range(world)
+    ]
+    for epoch in range(3):
+        for dl in loaders:
+            dl.set_epoch(epoch)
+        steps = list(zip(*[list(dl) for dl in loaders], strict=True))
+        for step in steps:  # the global batch of one step: one video's 2 clips
+            ids = [i for b in step for i in b["sample_idx"].tolist()]
+            assert len({i // spv for i in ids}) == 1, (epoch, ids)
+            texts = [t for b in step for t in b["text"]]
+            vid = step[0]["video_id"][0]
+            if vid == "v0":  # 5 usable captions: the 2 clips take different ones
+                assert len(set(texts)) == 2
+    order = loaders[0].sampler.order(0)
+    assert sorted(order.tolist()) == list(range(len(loaders[0].dataset)))
+    with pytest.raises(ValueError, match="group_size"):
+        from turbo_ds.data import ShardedSampler
+
+        ShardedSampler(5, group_size=2)

@@ -98,7 +98,8 @@ CONFIGS = ["zero0", "zero2", "zero3", "zero3_offload"]
 STEPS = 4
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def set_rank_env(rank: int, world: int, port: int) -> None:
+    """What a launcher gives rank ``rank`` of ``world`` on this machine (one thread each)."""
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
@@ -108,6 +109,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         OMP_NUM_THREADS="1",
     )
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    set_rank_env(rank, world, port)
     from turbo_ds.engine import Engine
 
     cfg = config_from_dict(

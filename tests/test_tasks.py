@@ -34,7 +34,8 @@ def test_losses_sum_and_mae_weight():
             token_dropout={"drop_ratio": 0.75},
             pmae={"enabled": True, "pmae_ratio": 0.5},
             task={"mae_weight": 0.3},
-        ))
+        )
+    )
     torch.manual_seed(1)
     out = task(_batch())
     assert set(out.losses) == {"cls_loss", "mae_loss"}

@@ -95,6 +95,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def resume_copy(run_dir: Path, tag: str, out: Path, cfg_path: Path, **config_updates) -> None:
+    """Run ``run_dir``'s resolved config again in ``out`` from a copy of its checkpoint ``tag``, on 2
+    ranks with ZeRO-2 and ``--resume latest``."""
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(run_dir / "checkpoints" / tag, out / "checkpoints" / tag)
+    (out / "checkpoints" / "latest").write_text(tag)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())  # the resolved config the run wrote
+    cfg["output_dir"] = str(out)
+    for section, values in config_updates.items():
+        cfg[section].update(values)
+    write_config(cfg, cfg_path)
+    launch(
+        [
+            "scripts/train.py",
+            "--ds_config",
+            "ds_configs/zero2.json",
+            "--config",
+            str(cfg_path),
+            "--resume",
+            "latest",
+        ],
+        nprocs=2,
+    )
+
+
 def summaries(out_dir: Path, world: int) -> list[dict]:
     return [json.loads((out_dir / f"rank_summary_{r}.json").read_text()) for r in range(world)]
 
@@ -174,25 +199,9 @@ def test_resume_is_exact(run_a, tmp_path):
     """Resume from A's step-4 checkpoint in a fresh folder: steps 5..8 give A's losses bit for bit,
     and the run continues the same MLflow run."""
     out = tmp_path / "out"
-    (out / "checkpoints").mkdir(parents=True)
-    shutil.copytree(run_a / "checkpoints" / "global_step4", out / "checkpoints" / "global_step4")
-    (out / "checkpoints" / "latest").write_text("global_step4")
+    out.mkdir(parents=True)
     shutil.copy(run_a / "mlflow.db", out / "mlflow.db")
-    cfg_a = yaml.safe_load((run_a / "config.yaml").read_text())  # the resolved config A wrote
-    cfg_a["output_dir"] = str(out)
-    cfg = write_config(cfg_a, tmp_path / "cfg.yaml")
-    launch(
-        [
-            "scripts/train.py",
-            "--ds_config",
-            "ds_configs/zero2.json",
-            "--config",
-            str(cfg),
-            "--resume",
-            "latest",
-        ],
-        nprocs=2,
-    )
+    resume_copy(run_a, "global_step4", out, tmp_path / "cfg.yaml")
     a, b = summaries(run_a, 2)[0], summaries(out, 2)[0]
     assert b["steps"] == list(range(5, STEPS + 1))
     assert b["train_loss"] == a["train_loss"][4:], "resumed losses differ from the uninterrupted run"

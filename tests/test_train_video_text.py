@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import pytest
-import yaml
-from test_train import demo_data, launch, summaries, write_config  # noqa: F401 (demo_data: fixture)
+from test_train import demo_data, launch, resume_copy, summaries, write_config  # noqa: F401 (demo_data: fixture)
 
 STEPS = 4
 
@@ -84,25 +82,7 @@ def test_video_text_run_trains_and_evaluates(vt_run):
 def test_video_text_resume_is_exact(vt_run, tmp_path):
     run_a, _ = vt_run
     out = tmp_path / "out"
-    (out / "checkpoints").mkdir(parents=True)
-    shutil.copytree(run_a / "checkpoints" / "global_step2", out / "checkpoints" / "global_step2")
-    (out / "checkpoints" / "latest").write_text("global_step2")
-    cfg_a = yaml.safe_load((run_a / "config.yaml").read_text())
-    cfg_a["output_dir"] = str(out)
-    cfg_a["tracking"]["enabled"] = False
-    cfg = write_config(cfg_a, tmp_path / "cfg.yaml")
-    launch(
-        [
-            "scripts/train.py",
-            "--ds_config",
-            "ds_configs/zero2.json",
-            "--config",
-            str(cfg),
-            "--resume",
-            "latest",
-        ],
-        nprocs=2,
-    )
+    resume_copy(run_a, "global_step2", out, tmp_path / "cfg.yaml", tracking={"enabled": False})
     a, b = summaries(run_a, 2)[0], summaries(out, 2)[0]
     assert b["steps"] == list(range(3, STEPS + 1))
     assert b["train_loss"] == a["train_loss"][2:], "resumed losses differ from the uninterrupted run"

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_engine import _free_port, set_rank_env
 
 from turbo_ds.config import ConfigError, config_from_dict
 from turbo_ds.tasks import build_task
@@ -164,22 +163,8 @@ def test_alignment_evaluator_pools_videos_of_all_ranks():
 # --------------------------------------------------------------------------- ZeRO-2 / ZeRO-3, 2 ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _zero_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
+    set_rank_env(rank, world, port)
     import deepspeed.comm as dist
 
     from turbo_ds.engine import Engine

@@ -171,6 +171,8 @@ class DataConfig:
     """Spatial crops per clip in test evaluation: 1 (centre) or 3."""
     hflip: float = 0.0
     """Horizontal flip probability in training (0 for direction-sensitive labels, e.g. SSv2)."""
+    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])
+    """Training random-resized-crop area range (fraction of the frame)."""
     backend: str = "auto"
     """Video decoder: decord (PyAV fallback), pyav or auto."""
     max_failures: int = 100
@@ -191,6 +193,12 @@ class DataConfig:
         _check(self.test_clips >= 1, "data.test_clips", self.test_clips, "must be >= 1")
         _check(self.test_crops in (1, 3), "data.test_crops", self.test_crops, "must be 1 or 3")
         _check(0.0 <= self.hflip <= 1.0, "data.hflip", self.hflip, "must be in [0, 1]")
+        _check(
+            len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+            "data.crop_scale",
+            self.crop_scale,
+            "must be [min, max] with 0 < min <= max <= 1",
+        )
         _check(
             self.backend in ("decord", "pyav", "auto"),
             "data.backend",

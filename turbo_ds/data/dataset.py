@@ -207,7 +207,10 @@ class VideoDataset(Dataset):
         if self._pairs is not None:
             chosen = int(self._pairs[idx, 1])
         elif usable:
-            chosen = usable[int(rng.integers(len(usable)))]
+            # A video's samples_per_video items of an epoch take distinct captions while there are
+            # enough (one shuffle per video and epoch), so grouped batches hold no duplicate pairs.
+            order = np.random.default_rng([self.seed, epoch, pos, attempt]).permutation(len(usable))
+            chosen = usable[int(order[(idx % self.samples_per_video) % len(usable)])]
         else:
             chosen = None
         if chosen is None:  # a training video without captions: a clip anywhere, its label name as text

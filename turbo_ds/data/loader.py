@@ -71,6 +71,7 @@ def build_dataloader(
     jitter_s: float = 0.0,
     only_alignable: bool = True,
     max_seconds: int | None = None,
+    group_by_video: bool = False,
 ) -> ResumableDataLoader:
     """DataLoader over one split of a Parquet video index, sharded for ``rank`` of ``world_size``.
 
@@ -85,7 +86,8 @@ def build_dataloader(
             crops: ``video`` is (V, C, T, H, W)), "per_second" (HTM-Align evaluation, see below).
             caption, training: ``samples_per_video`` items per video (length = videos x
             samples_per_video); item j is video j // samples_per_video with a caption drawn from
-            (seed, epoch, j); the clip (``num_frames`` every ``stride`` frames) is centred on the
+            (seed, epoch, video): a video's items of one epoch take distinct captions while it has
+            enough; the clip (``num_frames`` every ``stride`` frames) is centred on the
             caption's centre shifted uniformly in [-jitter_s, +jitter_s], kept inside the video
             (``stride`` None: the shifted span covered uniformly). A video without captions gets a clip
             anywhere and its label name (or "") as text, masked False when empty.
@@ -117,6 +119,8 @@ def build_dataloader(
             dataset (DataLoader workers): items get ``text_tokens`` for their captions (caption: (K, L);
             per_second: (M, L); other samplers with ``with_text``: (1, L)).
         samples_per_video, num_captions, jitter_s: caption sampler only (above).
+        group_by_video: caption training: shuffle videos, not items, so a video's samples_per_video
+            clips are consecutive and meet in one global batch (negatives that differ only in time).
         only_alignable: caption sampler: captions whose ``alignable`` is False are neither sampled,
             evaluated nor neighbours (null counts as alignable). per_second always keeps all captions.
         max_seconds: per_second: clips for the first ``max_seconds`` seconds only (None = all).
@@ -158,8 +162,15 @@ def build_dataloader(
         only_alignable=only_alignable,
     )
     drop_last = train if drop_last is None else drop_last
+    group = samples_per_video if group_by_video and train and sampler == "caption" else 1
     shard = ShardedSampler(
-        len(dataset), rank=rank, world_size=world_size, shuffle=train, seed=seed, drop_last=drop_last
+        len(dataset),
+        rank=rank,
+        world_size=world_size,
+        shuffle=train,
+        seed=seed,
+        drop_last=drop_last,
+        group_size=group,
     )
     if persistent_workers is None:
         persistent_workers = num_workers > 0

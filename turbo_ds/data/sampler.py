@@ -5,6 +5,10 @@ Order for epoch ``e``: a permutation of ``range(n)`` from ``numpy.random.default
 (equal shares), then rank ``r`` takes positions ``r, r + W, r + 2W, ...``. Shares are disjoint, and
 cover the split exactly when ``drop_last`` is off (then ranks may differ by one sample).
 
+With ``group_size`` g > 1 the shuffle moves blocks of g consecutive indices (e.g. the clips of one
+video), which stay consecutive in the order: ranks take interleaved positions, so a block lands in one
+*global* batch (the union of the ranks' batches of a step).
+
 The sampler yields ``(index, epoch)`` pairs so the dataset can seed augmentations per sample.
 ``position`` counts samples of this rank's share already *consumed* (the :class:`ResumableDataLoader`
 advances it as batches come out, prefetching does not count), and ``state_dict()`` /
@@ -29,24 +33,31 @@ class ShardedSampler(Sampler):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = True,
+        group_size: int = 1,
     ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if num_samples < (world_size if drop_last else 1):
             raise ValueError(f"{num_samples} samples cannot be split over {world_size} ranks")
         self.n, self.rank, self.world_size = int(num_samples), rank, world_size
+        if group_size < 1 or num_samples % group_size:
+            raise ValueError(f"group_size {group_size} must be >= 1 and divide num_samples {num_samples}")
         self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
+        self.group_size = int(group_size)
         self.epoch = 0
         self.position = 0
         self._resume: tuple[int, int] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
         """The global order of epoch ``epoch`` (before sharding)."""
-        perm = (
-            np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            if self.shuffle
-            else np.arange(self.n)
-        )
+        if not self.shuffle:
+            perm = np.arange(self.n)
+        elif self.group_size > 1:  # shuffle whole groups; a group's members stay consecutive
+            g = self.group_size
+            groups = np.random.default_rng([self.seed, epoch]).permutation(self.n // g)
+            perm = (groups[:, None] * g + np.arange(g)[None, :]).reshape(-1)
+        else:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         if self.drop_last:
             perm = perm[: self.n - self.n % self.world_size]
         return perm

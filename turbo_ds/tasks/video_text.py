@@ -60,6 +60,9 @@ class VideoTextOptions:
     """(clip, caption) samples drawn from each training video per epoch."""
     jitter_s: float = 0.0
     """Random shift of the training clip's centre around its caption's centre (seconds)."""
+    group_by_video: bool = False
+    """Put a video's ``samples_per_video`` clips (distinct captions) in one global batch: negatives
+    that differ only in time, which is what alignment needs to learn."""
     temperature_init: float = 0.07
     """Initial temperature (CLIP: logit scale 1 / 0.07)."""
     max_logit_scale: float = 100.0
@@ -181,7 +184,8 @@ class VideoTextTask(Task):
         self.mae_weight = float(cfg.task.mae_weight)
         # Shape (1,), not 0-d: DeepSpeed broadcasts parameters through a byte view, which a 0-d tensor lacks.
         self.logit_scale = nn.Parameter(
-            torch.full((1,), math.log(1.0 / options.temperature_init)), requires_grad=options.learn_temperature
+            torch.full((1,), math.log(1.0 / options.temperature_init)),
+            requires_grad=options.learn_temperature,
         )
         self._tokenizer = None
 
@@ -219,6 +223,7 @@ class VideoTextTask(Task):
                 "num_captions": o.num_captions,
                 "samples_per_video": o.samples_per_video,
                 "jitter_s": o.jitter_s,
+                "group_by_video": o.group_by_video,
             },
         )
 
