@@ -8,12 +8,11 @@ direction apart. Three parts, each indexed by the same builder code as a real da
 - ``captions``: the same kind of clips with a sentence (digit, colour, direction) -> ``howto100m``;
 - ``long``: 4 sub-actions (every direction once) whose *order* is the activity class, segment
   boundaries and one caption per segment with timestamps -> ``coin`` builder;
-- ``vlp``: long narrated videos for video-language pretraining: 4-6 segments, the digit changes
-  direction at every segment and two colours alternate (same-colour segments move differently, so
-  only colour AND motion tell a sentence's segment), one sentence per segment. Train/val narration
-  (timestamps jittered by up to 0.25 s, like ASR) -> ``howto100m`` builder; a separate alignment
-  test set with the exact segment spans (alignable) plus 1-2 sentences naming an absent colour, or a
-  present colour with a direction it never takes there (not alignable) -> ``htm_align`` builder.
+- ``vlp``: long narrated videos for video-language pretraining: 4-6 segments, the digit changes colour
+  AND direction at every segment, one sentence per segment. Train/val narration (timestamps jittered
+  by up to 0.25 s, like ASR) -> ``howto100m`` builder; a separate alignment test set with the exact
+  segment spans (alignable) plus 1-2 sentences naming a colour absent from the video (not
+  alignable) -> ``htm_align`` builder.
 
 The parts are generated in that order with their own seeds (``[seed, part, split, i]``), so adding a
 part never changes the videos of the earlier ones.
@@ -53,8 +52,9 @@ COLOURS = {
     "white": (245, 245, 245),
     "magenta": (230, 50, 220),
 }
-# The vlp part's palette: two more colours (each video uses two, the others are absent from it, for
-# the non-alignable sentences). COLOURS itself is unchanged: the earlier parts draw from it by position.
+# The vlp part's palette: two more colours, so a video of up to 6 segments, each a different colour,
+# always leaves colours absent from it (for the non-alignable sentences). COLOURS itself is unchanged:
+# the earlier parts draw from it by position.
 VLP_COLOURS = {**COLOURS, "cyan": (40, 220, 230), "orange": (250, 140, 20)}
 JITTER_S = 0.25  # vlp narration: timestamps moved by up to this much
 FPS = 12
@@ -161,20 +161,16 @@ def _sentence(rng: np.random.Generator, digit: int, colour: str, direction: str)
 
 
 def _vlp_plan(rng: np.random.Generator, sz: DemoSize) -> tuple[list[str], list[int], list[str]]:
-    """Directions, segment lengths and colours of a vlp video: two colours alternate from segment to
-    segment, segments of the same colour move in different directions, and the direction changes at
-    every segment. So a sentence's colour narrows it down to every other segment and only the motion
-    tells which one: aligning the narration needs both."""
+    """Directions, segment lengths and colours of a vlp video: colours all different within the
+    video, and the direction changes at every segment."""
     n = int(rng.integers(sz.vlp_segments[0], sz.vlp_segments[1] + 1))
     lens = [int(rng.integers(sz.vlp_seg_frames[0], sz.vlp_seg_frames[1] + 1)) for _ in range(n)]
     palette = list(VLP_COLOURS)
-    pair = [palette[int(i)] for i in rng.choice(len(palette), size=2, replace=False)]
-    colours = [pair[i % 2] for i in range(n)]
-    dirs: list[str] = []
-    for i in range(n):
-        used = {d for j, d in enumerate(dirs) if colours[j] == colours[i]}
-        options = [d for d in DIRECTIONS if d not in used and (not dirs or d != dirs[-1])]
-        dirs.append(options[int(rng.integers(len(options)))])
+    colours = [palette[int(i)] for i in rng.choice(len(palette), size=n, replace=False)]
+    dirs = [DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]]
+    while len(dirs) < n:
+        others = [d for d in DIRECTIONS if d != dirs[-1]]
+        dirs.append(others[int(rng.integers(len(others)))])
     return dirs, lens, colours
 
 
@@ -182,9 +178,8 @@ def _vlp_sentences(rng: np.random.Generator, sz: DemoSize, split: str, lens, dir
     """One sentence per segment (+ 1-2 non-alignable ones for the alignment set), sorted by start.
 
     Narration (train/val): the segment's span with each end moved by up to JITTER_S, kept inside the
-    video. Alignment set: the exact span, ``alignable`` 1; the extra sentences (``alignable`` 0, at a
-    random segment-like span inside the video) name a colour absent from the video, or one of its
-    colours with a direction that colour never moves in there."""
+    video. Alignment set: the exact span, ``alignable`` 1; the extra sentences name a colour absent
+    from the video, at a random segment-like span inside it, ``alignable`` 0."""
     edges = np.cumsum([0, *lens]) / FPS
     dur = float(edges[-1])
     out = []
@@ -198,16 +193,9 @@ def _vlp_sentences(rng: np.random.Generator, sz: DemoSize, split: str, lens, dir
         out.append({"start": round(start, 3), "end": round(end, 3), "text": text, "alignable": 1})
     if split == "align":
         absent = [c for c in VLP_COLOURS if c not in attrs["colours"]]
-        seen = set(zip(attrs["colours"], dirs, strict=False))
         for _ in range(int(rng.integers(1, 3))):
-            unseen = [
-                (c, d) for c in dict.fromkeys(attrs["colours"]) for d in DIRECTIONS if (c, d) not in seen
-            ]
-            if unseen and rng.random() < 0.5:
-                colour, d = unseen[int(rng.integers(len(unseen)))]
-            else:
-                colour = absent[int(rng.integers(len(absent)))]
-                d = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
+            colour = absent[int(rng.integers(len(absent)))]
+            d = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
             length = min(dur, int(rng.integers(sz.vlp_seg_frames[0], sz.vlp_seg_frames[1] + 1)) / FPS)
             start = float(rng.uniform(0, dur - length))
             text = _sentence(rng, attrs["digit"], colour, d)
@@ -383,11 +371,10 @@ LAYOUT = """\
   long.parquet       long videos ({l_train} train / {l_val} val), 4 activities = orders of 4 sub-actions,
                      segments (start_s, end_s, direction) + one caption per segment
   vlp.parquet        narrated videos for video-text pretraining ({v_train} train / {v_val} val), label -1:
-                     {v_seg} segments of {v_frames} frames, two colours alternate and the direction
-                     changes at every segment; one sentence per segment, timestamps jittered by up to {jitter} s
+                     {v_seg} segments of {v_frames} frames, the digit changes colour AND direction at
+                     every segment; one sentence per segment, timestamps jittered by up to {jitter} s
   vlp_align.parquet  alignment test set ({v_align} videos, split test, HTM-Align style): exact segment
-                     spans (alignable) + 1-2 sentences per video of an absent colour, or of a present
-                     colour with a direction it never takes there (not alignable)
+                     spans (alignable) + 1-2 sentences of an absent colour per video (not alignable)
   *.errors.parquet   videos that failed to index (empty for the demo)
   annotations/       actions.csv (csv format), captions.csv (howto100m), long_coin.json (coin),
                      vlp.csv (howto100m), vlp_htm_align.json (htm_align)

@@ -111,3 +111,26 @@ def test_eval_script_on_a_video_text_checkpoint(vt_run, tmp_path):
         for k in keys:
             assert got[f"eval_{split}/{k}"] == pytest.approx(final[f"{split}/{k}"], abs=1e-6), (split, k)
         assert "R@1" in proc.stdout
+
+
+def test_export_then_eval_weights_of_a_video_text_run(vt_run, tmp_path):
+    run_a, _ = vt_run
+    final = json.loads((run_a / "final_metrics.json").read_text())
+    weights = tmp_path / "vt_fp32.pt"
+    launch(["scripts/export.py", "--checkpoint", str(run_a / "checkpoints"), "--out", str(weights)], nprocs=1)
+    launch(
+        [
+            "scripts/eval.py",
+            "--weights",
+            str(weights),
+            "--split",
+            "test",
+            "--output_dir",
+            str(tmp_path / "ev"),
+        ]
+        + ["--set", "tracking.enabled=false"],
+        nprocs=1,
+    )
+    got = json.loads((tmp_path / "ev" / "eval_test_metrics.json").read_text())
+    assert got["eval_test/align_r1"] == pytest.approx(final["test/align_r1"], abs=1e-6)
+    assert got["eval_test/align_roc_auc"] == pytest.approx(final["test/align_roc_auc"], abs=1e-6)
