@@ -52,7 +52,7 @@ def test_losses_temperature_and_clamp():
     task = build_task(_cfg(mae_weight=0.3)).train()
     out = task(_batch(task))
     assert set(out.losses) == {"nce_loss", "mae_loss"}
-    assert float(out.loss) == pytest.approx(float(sum(out.losses.values())))
+    assert float(out.loss.detach()) == pytest.approx(float(sum(v.detach() for v in out.losses.values())))
     assert float(out.metrics["temperature"]) == pytest.approx(0.07, rel=1e-5)
     assert 0.0 <= float(out.metrics["v2t_acc"]) <= 100.0
     with torch.no_grad():
