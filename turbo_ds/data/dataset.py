@@ -41,6 +41,14 @@ MAX_REPLACEMENTS = 20
 TextTransform = Callable[[list[str]], torch.Tensor]
 
 
+def frame_count_and_fps(row: dict) -> tuple[int, float]:
+    """The index row's frame count and fps (25 when unknown); DecodeError for a video with no frames."""
+    num_frames = int(row["num_frames"] or 0)
+    if num_frames <= 0:
+        raise DecodeError(row["abs_path"], "no-frames", "num_frames in index is 0")
+    return num_frames, float(row["fps"] or 25.0)
+
+
 def _centre(caption: dict) -> float:
     return (float(caption["start_s"]) + float(caption["end_s"])) / 2
 
@@ -198,10 +206,7 @@ class VideoDataset(Dataset):
         pos = self.video_position(idx)
         row = self.index[pos]
         rng = self._rng(idx, epoch, attempt)
-        num_frames = int(row["num_frames"] or 0)
-        fps = float(row["fps"] or 25.0)
-        if num_frames <= 0:
-            raise DecodeError(row["abs_path"], "no-frames", "num_frames in index is 0")
+        num_frames, fps = frame_count_and_fps(row)
         captions = row.get("captions") or []
         usable = [i for i, c in enumerate(captions) if _usable(c, self.only_alignable)]
         if self._pairs is not None:
@@ -247,10 +252,7 @@ class VideoDataset(Dataset):
     def _load_per_second(self, idx: int) -> dict[str, Any]:
         """Alignment mode: one clip per second of the video and all its captions (deterministic)."""
         row = self.index[idx]
-        num_frames = int(row["num_frames"] or 0)
-        fps = float(row["fps"] or 25.0)
-        if num_frames <= 0:
-            raise DecodeError(row["abs_path"], "no-frames", "num_frames in index is 0")
+        num_frames, fps = frame_count_and_fps(row)
         clips = self.frame_sampler(num_frames, None, fps=fps)
         views = self._decode(row, clips, num_frames, None)
         item = self._base_item(row, torch.stack(views), idx)
@@ -279,10 +281,7 @@ class VideoDataset(Dataset):
             return self._load_per_second(idx)
         row = self.index[idx]
         rng = self._rng(idx, epoch, attempt)
-        num_frames = int(row["num_frames"] or 0)
-        fps = float(row["fps"] or 25.0)
-        if num_frames <= 0:
-            raise DecodeError(row["abs_path"], "no-frames", "num_frames in index is 0")
+        num_frames, fps = frame_count_and_fps(row)
         caption = None
         captions = row.get("captions") or []
         if self.with_text and captions:
