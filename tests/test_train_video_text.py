@@ -7,26 +7,26 @@ import json
 import math
 
 import pytest
-from test_train import demo_data, launch, resume_copy, summaries, write_config  # noqa: F401 (demo_data: fixture)
+from test_train import (  # noqa: F401 (demo_data: fixture)
+    demo_data,
+    launch,
+    resume_copy,
+    summaries,
+    tiny_config,
+    write_config,
+)
 
 STEPS = 4
 
 
 def vt_config(data_dir, out_dir) -> dict:
-    return {
-        "output_dir": str(out_dir),
-        "seed": 0,
-        "model": {"name": "vit_debug"},
-        "token_dropout": {"drop_ratio": 0.75},
-        "pmae": {"enabled": True, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
-        "data": {
-            "index": str(data_dir / "vlp.parquet"),
-            "root": str(data_dir),
-            "num_frames": 4,
-            "frame_stride": 2,
-            "img_size": 32,
-        },
-        "task": {
+    """test_train's tiny run, as a video-text task on the demo's narrated videos."""
+    return tiny_config(
+        data_dir,
+        out_dir,
+        token_dropout={"drop_ratio": 0.75},
+        data={"index": str(data_dir / "vlp.parquet"), "test_split": None},
+        task={
             "name": "video_text",
             "text_model": "turbo-tiny",
             "context_length": 16,
@@ -37,11 +37,10 @@ def vt_config(data_dir, out_dir) -> dict:
             "jitter_s": 0.3,
             "align_index": str(data_dir / "vlp_align.parquet"),
         },
-        "optim": {"micro_batch_size": 2, "lr": 3e-3, "warmup_steps": 1, "weight_decay": 0.0},
-        "train": {"max_steps": STEPS, "eval_every": 2, "log_every": 1, "progress_bar": False},
-        "checkpoint": {"every_steps": 2},
-        "tracking": {"experiment": "test_video_text"},
-    }
+        train={"max_steps": STEPS, "eval_every": 2},
+        checkpoint={"every_steps": 2},
+        tracking={"experiment": "test_video_text"},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -416,7 +416,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise errors[0]
     if dataclasses.is_dataclass(tp):
         _check(isinstance(value, dict), key, value, "must be a mapping (a config section)")
-        return _build(tp, value, key + ".")
+        return build_section(tp, value, key + ".")
     if origin in (list, tuple):
         _check(isinstance(value, (list, tuple)), key, value, f"must be a list ({_type_name(tp)})")
         (item_tp,) = typing.get_args(tp)[:1] or (Any,)
@@ -478,9 +478,6 @@ def build_section(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-_build = build_section
-
-
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value")
@@ -508,7 +505,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from a nested dict."""
-    return _build(TrainConfig, dict(data or {}))
+    return build_section(TrainConfig, dict(data or {}))
 
 
 def upgrade_stored_config(data: dict[str, Any]) -> dict[str, Any]:

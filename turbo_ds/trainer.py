@@ -213,6 +213,7 @@ class Trainer:
             cfg, self.task.train_data(), cfg.data.train_split, rank, world, self.out_dir
         )
         self.eval_specs = self.task.eval_specs()
+        self._drop_ratio: float | None = None  # the token dropout ratio last set on the task
         self._eval_loaders: dict[int, Any] = {}
 
         self.step = 0
@@ -356,7 +357,9 @@ class Trainer:
             ratio = 0.0
         else:
             ratio = self.cfg.token_dropout.drop_ratio
-        self.task.set_drop_ratio(ratio)
+        if ratio != self._drop_ratio:  # set_drop_ratio walks the task's modules: only on a change
+            self.task.set_drop_ratio(ratio)
+            self._drop_ratio = ratio
 
     def _micro_step(self, batch: dict[str, Any]):
         """Forward; backward and step unless the loss is non-finite on any rank (then None)."""
@@ -438,7 +441,7 @@ class Trainer:
             mininterval=0.5 if sys.stdout.isatty() else 15.0,  # a log file gets a line every 15 s
         )
 
-    def _log_eval(self, metrics: dict[str, float]) -> None:
+    def _record_eval(self, metrics: dict[str, float]) -> None:
         """Log one evaluation with the training time so far (quality against wall-clock time:
         ``evals.jsonl`` in the run folder, and ``train/time_s`` in MLflow at the same step)."""
         from turbo_ds.tracking import append_jsonl
@@ -447,6 +450,9 @@ class Trainer:
         self.tracker.log_metrics(timed, step=self.step)
         if self.is_rank_0:
             append_jsonl({"step": self.step, **timed}, self.out_dir / "evals.jsonl")
+
+    def _log_eval(self, metrics: dict[str, float]) -> None:
+        self._record_eval(metrics)
         headline = [f"{k} {v:.4g}" for k, v in metrics.items() if k.split("/", 1)[-1] in self.task.headline]
         self.log(f"step {self.step}: " + ", ".join(headline))
 
@@ -523,24 +529,12 @@ class Trainer:
             final.update({k: v for k, v in history[-1].items() if k != "step"})
         evals = self.run_evaluations(during_training=False)
         final.update(evals)
-        if self.is_rank_0:
-            from turbo_ds.tracking import append_jsonl
-
-            append_jsonl(
-                {"step": self.step, **evals, "train/time_s": self.train_time_s}, self.out_dir / "evals.jsonl"
-            )
+        self._record_eval(evals)
         final["train/nonfinite_total"] = float(self.nonfinite_total)
         final["train/time_s"] = self.train_time_s
         final["train/avg_clips_per_s"] = self.train_clips / max(self.train_time_s, 1e-9)
         final["params_checksum"] = self.params_checksum()
-        self.tracker.log_metrics(
-            {
-                **evals,
-                "train/time_s": final["train/time_s"],
-                "train/avg_clips_per_s": final["train/avg_clips_per_s"],
-            },
-            step=self.step,
-        )
+        self.tracker.log_metrics({"train/avg_clips_per_s": final["train/avg_clips_per_s"]}, step=self.step)
         losses = [rec["train/loss"] for rec in history if "train/loss" in rec]
         write_json(
             {
@@ -655,7 +649,7 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
         cfg = config_from_dict(apply_overrides(upgrade_stored_config(stored_cfg), args.overrides))
     # The weights come from the checkpoint: skip pretrained files, the decoder and checkpointing.
     task_cls = get_task_class(cfg.task.name)
-    options = {**cfg.task.options, **dict.fromkeys(getattr(task_cls, "weight_options", ()), None)}
+    options = {**cfg.task.options, **dict.fromkeys(task_cls.weight_options, None)}
     cfg = dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, pretrained=None, activation_checkpointing="none"),

@@ -139,6 +139,9 @@ class Task(nn.Module):
     Options: ClassVar[type] = NoOptions
     headline: ClassVar[tuple[str, ...]] = ("loss",)
     """Metric names (without the split prefix) logged at every evaluation."""
+    weight_options: ClassVar[tuple[str, ...]] = ()
+    """Options naming weight files (e.g. a text tower checkpoint) that evaluation skips: the
+    checkpoint being evaluated holds those weights."""
 
     @classmethod
     def parse_options(cls, options: dict[str, Any]) -> Any:
