@@ -132,3 +132,17 @@ def test_weighted_loss_mixes_with_mae_weight():
     task = torch.tensor(2.0)
     assert torch.allclose(model.weighted_loss(task, out), task + 0.3 * out.mae_loss)
     assert model.weighted_loss(task, model.eval()(torch.randn(*X))) is task
+
+
+def test_gather_cubes_equals_rearranging_the_whole_video_then_gathering():
+    from turbo_ds.models.layers import gather_cubes
+    from turbo_ds.models.token_dropout import gather_tokens
+
+    torch.manual_seed(0)
+    video = torch.randn(3, 3, 8, 16, 24)  # grid (4, 2, 3)
+    idx = torch.stack([torch.randperm(24)[:7].sort().values for _ in range(3)])
+    expected = gather_tokens(patchify(video, patch_size=8, tubelet_size=2), idx)
+    assert torch.equal(gather_cubes(video, idx, 2, 8, channels_last=True), expected)
+    b, c = video.shape[:2]
+    conv_order = video.reshape(b, c, 4, 2, 2, 8, 3, 8).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, 24, -1)
+    assert torch.equal(gather_cubes(video, idx, 2, 8), gather_tokens(conv_order, idx))

@@ -44,13 +44,28 @@ class PatchEmbed3D(nn.Module):
         video = video.to(self.proj.weight.dtype)  # e.g. fp32 clips into a bf16 model
         if keep_idx is None:
             return self.proj(video).flatten(2).transpose(1, 2)
-        b, c = video.shape[:2]
-        (t, h, w), tt, p = self.grid(video), self.tubelet_size, self.patch_size
-        cubes = (
-            video.reshape(b, c, t, tt, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, t * h * w, -1)
-        )
-        cubes = torch.gather(cubes, 1, keep_idx.unsqueeze(-1).expand(-1, -1, cubes.shape[-1]))
+        cubes = gather_cubes(video, keep_idx, self.tubelet_size, self.patch_size)
         return F.linear(cubes, self.proj.weight.flatten(1), self.proj.bias)  # kernel is (D, c*t*p*p)
+
+
+def gather_cubes(
+    video: torch.Tensor, idx: torch.Tensor, tubelet_size: int, patch_size: int, channels_last: bool = False
+) -> torch.Tensor:
+    """The ``tubelet x patch x patch`` cubes of ``video`` (B, C, T, H, W) at token indices ``idx`` (B, n)
+    into the time-major (T', H', W') grid: (B, n, C*t*p*p), or (B, n, t*p*p*C) with ``channels_last``.
+
+    Indexes the cubes in place instead of rearranging the whole video first, so only the ``n`` selected
+    cubes are copied: with 90% token dropout on a long video the full rearranged copy would be the
+    largest tensor of the step."""
+    b, c, t, h, w = video.shape
+    tt, hh, ww = t // tubelet_size, h // patch_size, w // patch_size
+    grid = video.reshape(b, c, tt, tubelet_size, hh, patch_size, ww, patch_size)
+    rows = torch.arange(b, device=idx.device)[:, None]
+    # Advanced indices split by slices: the result is (B, n, C, t, p, p), the indexed dims first.
+    cubes = grid[rows, :, idx // (hh * ww), :, (idx // ww) % hh, :, idx % ww, :]
+    if channels_last:
+        cubes = cubes.permute(0, 1, 3, 4, 5, 2)
+    return cubes.reshape(b, idx.shape[1], -1)
 
 
 class Attention(nn.Module):

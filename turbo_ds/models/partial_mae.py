@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from turbo_ds.models.layers import Block, init_weights
+from turbo_ds.models.layers import Block, gather_cubes, init_weights
 from turbo_ds.models.outputs import Output
 from turbo_ds.models.pos_embed import separable_sincos
 from turbo_ds.models.token_dropout import gather_tokens
@@ -138,7 +138,7 @@ class PartialMAE(nn.Module):
             x = block(x)
         pred = self.pred(self.norm(x[:, n_keep:]))
 
-        target = gather_tokens(patchify(video, self.patch_size, self.tubelet_size), recon_idx)
+        target = gather_cubes(video, recon_idx, self.tubelet_size, self.patch_size, channels_last=True)
         if self.norm_pix_loss:
             target = normalize_patches(target.float())
         loss = (pred.float() - target).pow(2).mean()  # every token has the same size: mean == token mean
