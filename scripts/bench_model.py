@@ -7,7 +7,13 @@ load from other processes on a shared machine hits every configuration alike; th
 median over all timed steps of all rounds.
 
     python scripts/bench_model.py --preset cpu --json docs/bench_model.json
-    python scripts/bench_model.py --preset gpu --json bench_gpu.json
+    python scripts/bench_model.py --preset gpu --json bench_gpu.json   # ViT-B/16, 16 x 224^2, bf16 autocast
+    python scripts/bench_model.py --preset debug                       # seconds, CPU: the script itself
+
+Needs torch alone (no deepspeed, no YAML): scripts/gpu_check.sh runs the gpu preset on a machine that
+has nothing else. ``--precision bf16`` runs forward and loss under ``torch.autocast(bfloat16)`` with
+fp32 weights, gradients and AdamW state (mixed precision); ``--max-seconds`` stops starting new
+configurations once that much time has passed, so a bounded run still reports what it measured.
 """
 
 from __future__ import annotations
@@ -27,14 +33,18 @@ PRESETS = {
     "cpu": dict(
         models=["vit_small_patch16"], frames=16, img_size=112, batch_size=8, warmup=1, steps=3, rounds=2
     ),
+    # The paper's setting on one GPU: ViT-B/16 on 16 x 224^2 clips (8 x 14 x 14 = 1568 tokens), bf16,
+    # dense vs Turbo at every drop ratio, Partial-MAE off / 0.25, checkpointing off / all: 14 runs.
     "gpu": dict(
-        models=["vit_small_patch16", "vit_base_patch16"],
+        models=["vit_base_patch16"],
         frames=16,
         img_size=224,
         batch_size=8,
         warmup=3,
         steps=10,
         rounds=1,
+        pmae_ratios=[0.0, 0.25],
+        precision="bf16",
     ),  # fmt: skip
     # Seconds-long smoke run of the script itself.
     "debug": dict(models=["vit_debug"], frames=4, img_size=32, batch_size=2, warmup=1, steps=2, rounds=1),
@@ -42,6 +52,9 @@ PRESETS = {
 DROP_RATIOS = [0.0, 0.5, 0.75, 0.9]
 PMAE_RATIOS = [0.0, 0.25, 1.0]  # 0 = Partial-MAE off
 CHECKPOINTING = ["off", "all"]
+PRECISIONS = ["fp32", "bf16"]
+# Options a preset may leave out: the grid and fp32.
+DEFAULTS = dict(drop_ratios=DROP_RATIOS, pmae_ratios=PMAE_RATIOS, ckpt=CHECKPOINTING, precision="fp32")
 
 
 def run_config(cfg: dict) -> dict:
@@ -67,10 +80,15 @@ def run_config(cfg: dict) -> dict:
     video = torch.randn(cfg["batch_size"], 3, cfg["frames"], cfg["img_size"], cfg["img_size"], device=device)
     labels = torch.randint(0, 400, (cfg["batch_size"],), device=device)
 
+    # bf16: autocast over forward and loss; weights, gradients and AdamW state stay fp32.
+    bf16 = cfg.get("precision", "fp32") == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
     def step() -> None:
-        out = model(video)
-        loss = torch.nn.functional.cross_entropy(out.logits, labels)
-        loss = model.weighted_loss(loss, out)
+        with autocast:
+            out = model(video)
+            loss = torch.nn.functional.cross_entropy(out.logits, labels)
+            loss = model.weighted_loss(loss, out)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -104,7 +122,8 @@ def run_config(cfg: dict) -> dict:
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
     peak = max_rss_mb() if device.type == "cpu" else torch.cuda.max_memory_allocated() / 2**20
-    saved = saved_activations_mb(model, video) if cfg["checkpointing"] == "off" else None
+    with autocast:
+        saved = saved_activations_mb(model, video) if cfg["checkpointing"] == "off" else None
     return {
         "step_times": times, "cpu_times": cpu_times, "peak_mem_mb": peak, "base_mem_mb": base,
         "saved_mb": saved,
@@ -169,6 +188,7 @@ def configs(args: argparse.Namespace) -> list[dict]:
                 pmae_ratio=pmae,
                 checkpointing=ckpt,
                 device=args.device,
+                precision=args.precision,
                 warmup=args.warmup,
                 steps=args.steps,
                 threads=args.threads,
@@ -177,8 +197,9 @@ def configs(args: argparse.Namespace) -> list[dict]:
     return out
 
 
-def add_analysis(rows: list[dict]) -> None:
-    """FLOPs and the ratios against the dense run without checkpointing of the same model and size."""
+def add_analysis(rows: list[dict]) -> list[dict]:
+    """FLOPs and the ratios against the dense run without checkpointing of the same model and size;
+    returns the rows that have such a dense run (all of them unless --max-seconds cut it)."""
     from turbo_ds.models import model_config
     from turbo_ds.models.flops import step_flops
 
@@ -189,12 +210,17 @@ def add_analysis(rows: list[dict]) -> None:
         flops = step_flops(cfg, shape, row["drop_ratio"], row["pmae_ratio"], checkpoint_blocks=ckpt_blocks)
         row["gflops"] = flops.train / 1e9
         row["tokens_kept"], row["tokens_reconstructed"] = flops.tokens_kept, flops.tokens_reconstructed
+    out = []
     for row in rows:
         dense = next(
-            r for r in rows
-            if (r["model"], r["frames"], r["img_size"]) == (row["model"], row["frames"], row["img_size"])
-            and r["drop_ratio"] == 0 and r["checkpointing"] == "off"
+            (r for r in rows
+             if (r["model"], r["frames"], r["img_size"]) == (row["model"], row["frames"], row["img_size"])
+             and r["drop_ratio"] == 0 and r["checkpointing"] == "off"),
+            None,
         )  # fmt: skip
+        if dense is None:
+            continue
+        out.append(row)
         row["speedup"] = dense["step_s"] / row["step_s"]
         row["flop_ratio"] = dense["gflops"] / row["gflops"]
         row["flop_efficiency"] = row["speedup"] / row["flop_ratio"]
@@ -203,6 +229,7 @@ def add_analysis(rows: list[dict]) -> None:
         row["saved_ratio"] = row["saved_mb"] / dense["saved_mb"] if row.get("saved_mb") is not None else None
         act, dense_act = row["peak_mem_mb"] - row["base_mem_mb"], dense["peak_mem_mb"] - dense["base_mem_mb"]
         row["act_mem_ratio"] = act / dense_act
+    return out
 
 
 def print_table(rows: list[dict]) -> None:
@@ -239,15 +266,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--steps", type=int, help="timed steps per configuration and round")
     parser.add_argument("--rounds", type=int, help="passes over all configurations, order alternating")
-    parser.add_argument("--drop-ratios", type=float, nargs="+", default=DROP_RATIOS)
-    parser.add_argument("--pmae-ratios", type=float, nargs="+", default=PMAE_RATIOS)
-    parser.add_argument("--ckpt", nargs="+", choices=CHECKPOINTING, default=CHECKPOINTING)
+    parser.add_argument("--drop-ratios", type=float, nargs="+", help=f"default {DROP_RATIOS}")
+    parser.add_argument("--pmae-ratios", type=float, nargs="+", help=f"default {PMAE_RATIOS} (0 = off)")
+    parser.add_argument("--ckpt", nargs="+", choices=CHECKPOINTING, help="default: both")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, help="fp32, or bf16 autocast with fp32 weights (gpu preset: bf16)"
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, help="start no new configuration after this many seconds (rows kept)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the preset's device)")
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
+    for key, value in {**DEFAULTS, **PRESETS[args.preset]}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.device is None:
@@ -264,9 +297,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     todo = configs(args)
     results: dict[int, list[dict]] = {i: [] for i in range(len(todo))}
+    start = time.perf_counter()
     for rnd in range(args.rounds):
         order = list(range(len(todo)))[:: 1 if rnd % 2 == 0 else -1]
         for i in order:
+            if args.max_seconds is not None and time.perf_counter() - start > args.max_seconds:
+                print(
+                    f"[bench_model] --max-seconds {args.max_seconds:g} reached: {todo[i]} not run",
+                    file=sys.stderr,
+                )
+                continue
             res = spawn(todo[i])
             results[i].append(res)
             c = todo[i]
@@ -279,6 +319,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
     rows = []
     for i, cfg in enumerate(todo):
+        if not results[i]:
+            continue  # not run (--max-seconds)
         times = [t for res in results[i] for t in res["step_times"]]
         cpu_times = [t for res in results[i] for t in res["cpu_times"]]
         row = {
@@ -292,11 +334,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             base_mem_mb=statistics.median(r["base_mem_mb"] for r in results[i]),
             batch_size=cfg["batch_size"],
             device=cfg["device"],
+            precision=cfg["precision"],
             threads=cfg["threads"] or None,
             step_times=times,
         )
         rows.append(row)
-    add_analysis(rows)
+    rows = add_analysis(rows)
     print_table(rows)
     if args.json:
         with open(args.json, "w") as f:

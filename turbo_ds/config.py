@@ -8,6 +8,9 @@ range-checked in ``__post_init__``, and every error names the dotted key and the
     save_config(cfg, "runs/demo/config.yaml")   # the resolved config, written to the run folder
 
 This module imports nothing heavy (no torch, no deepspeed), so scripts can validate configs fast.
+PyYAML is imported only where YAML is read or written (``load_config``, ``--set`` values,
+``save_config``): the dataclasses, ``config_from_dict`` and the checks work with the standard library
+alone (e.g. on a GPU machine that has torch and nothing else; see ``scripts/gpu_check.sh``).
 """
 
 from __future__ import annotations
@@ -20,11 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 class ConfigError(ValueError):
     """A config key is unknown, has the wrong type, or an invalid value."""
+
+
+def _yaml() -> Any:
+    """PyYAML, imported on first use; a clear error where it is not installed."""
+    try:
+        import yaml
+    except ImportError as e:
+        raise ImportError(
+            "reading or writing YAML configs needs PyYAML (pip install pyyaml; on a machine without it, "
+            "`make gpu-bundle` puts its pure-Python part into .gpu_deps/ for PYTHONPATH)"
+        ) from e
+    return yaml
 
 
 def _check(cond: bool, key: str, value: Any, why: str) -> None:
@@ -485,7 +498,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {item!r} has an empty key")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = _yaml().safe_load(raw) if raw.strip() else ""
     return key.split("."), value
 
 
@@ -523,7 +536,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = _yaml().safe_load(f) or {}
         if not isinstance(data, dict):
             raise ConfigError(
                 f"config file {path} must contain a mapping of sections, got {type(data).__name__}"
@@ -548,7 +561,7 @@ def save_config(cfg: TrainConfig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+        _yaml().safe_dump(config_to_dict(cfg), f, sort_keys=False)
     return path
 
 
