@@ -3,7 +3,7 @@ PY     := .venv/bin/python
 PIP    := .venv/bin/pip
 STAMP  := .venv/.installed
 
-.PHONY: setup test lint format demo demo-vlp bench-model bench-data bench-train bench-vlp clean
+.PHONY: setup test lint format demo demo-vlp bench-model bench-data bench-train bench-vlp gpu-bundle gpu-check clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,21 @@ bench-model: setup
 
 bench-data: setup
 	$(PY) scripts/bench_data.py --workers 2 --json docs/bench_data.json
+
+# A lent GPU machine has its own torch and nothing of ours: scripts/gpu_check.sh needs torch alone, plus
+# PyYAML for reading configs (step d). gpu-bundle puts PyYAML's pure-Python part (same version as .venv's;
+# its C extension removed, so it works on any Python 3) into the ignored .gpu_deps/, which the device
+# run carries: run(command="bash scripts/gpu_check.sh", carry=[".gpu_deps"], timeout_s=540).
+gpu-bundle: setup
+	rm -rf .gpu_deps
+	$(PIP) install --quiet --no-deps --no-compile --target .gpu_deps "pyyaml==$$($(PY) -c 'import yaml; print(yaml.__version__)')"
+	rm -rf .gpu_deps/_yaml .gpu_deps/yaml/_yaml*.so .gpu_deps/bin
+	PYTHONPATH=.gpu_deps $(PY) -c 'import yaml; assert not yaml.__with_libyaml__; print("PyYAML", yaml.__version__, "(pure Python) in .gpu_deps/")'
+
+# The GPU check here (results in gpu_check_out/); without a CUDA GPU it records the environment, skips
+# the GPU steps and exits 0.
+gpu-check: setup
+	PYTHON=$(PY) bash scripts/gpu_check.sh
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

@@ -209,3 +209,16 @@ def test_gpu_check_sh_without_gpu(tmp_path):
     summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
     assert summary["failed"] == 1 and summary["steps"][0]["status"] == "failed"
     assert [s["status"] for s in summary["steps"][1:]] == ["skipped"] * 4
+
+
+def test_config_needs_only_the_standard_library():
+    """`python -S` (no site-packages): the config dataclasses and checks import and work."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from turbo_ds.config import config_from_dict; "
+        "print(config_from_dict({'optim': {'lr': 3e-4}}).optim.lr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0.0003"
