@@ -32,16 +32,38 @@ def dense_clip_indices(
 
 
 def uniform_segment_indices(
-    num_frames: int, num_segments: int, rng: np.random.Generator | None = None
+    num_frames: int,
+    num_segments: int,
+    rng: np.random.Generator | None = None,
+    *,
+    position: float = 0.5,
 ) -> np.ndarray:
     """TSN-style: split the video in ``num_segments`` equal segments, one frame from each (random
-    position inside the segment with ``rng``, its middle without). Works for any count 1..N; a video
-    with fewer frames than segments repeats frames (indices stay sorted)."""
+    position inside the segment with ``rng``; without, the frame at fraction ``position`` in [0, 1) of
+    every segment, its middle by default). Works for any count 1..N; a video with fewer frames than
+    segments repeats frames (indices stay sorted)."""
+    if not 0.0 <= position < 1.0:
+        raise ValueError(f"position must be in [0, 1), got {position}")
     num_frames = max(1, int(num_frames))
     edges = np.linspace(0, num_frames, num_segments + 1)
     lo, hi = edges[:-1], edges[1:]
-    pos = (lo + hi) / 2 if rng is None else lo + rng.random(num_segments) * (hi - lo)
+    if rng is not None:
+        pos = lo + rng.random(num_segments) * (hi - lo)
+    elif position == 0.5:
+        pos = (lo + hi) / 2  # kept apart: the same floats as always at segment boundaries
+    else:
+        pos = lo + position * (hi - lo)
     return np.clip(np.floor(pos).astype(np.int64), 0, num_frames - 1)
+
+
+def uniform_offset_indices(num_frames: int, num_segments: int, num_views: int) -> list[np.ndarray]:
+    """``num_views`` uniform samplings of the whole video, view ``k`` taking the frame at fraction
+    (k + 0.5) / num_views of every segment: temporal offsets as test-time views (one view = the
+    segment middles, as :func:`uniform_segment_indices` without ``rng``)."""
+    return [
+        uniform_segment_indices(num_frames, num_segments, position=(k + 0.5) / num_views)
+        for k in range(num_views)
+    ]
 
 
 def caption_window_indices(
@@ -122,7 +144,8 @@ class FrameSampler:
     """The sampler choice in one object (what ``build_dataloader`` builds from its arguments).
 
     kind: "dense" (num_frames x stride, random crop in train / centre in eval), "uniform" (one frame
-    per equal segment; num_frames from 1 to 1024+), "caption" (a clip around one caption's span; uses
+    per equal segment; num_frames from 1 to 1024+; with num_clips V > 1, V samplings: in eval view k
+    takes the frame at (k + 0.5) / V of each segment), "caption" (a clip around one caption's span; uses
     stride if given else covers the span uniformly), "multiview" (num_clips dense clips; spatial crops
     are the transform's job), "per_second" (one dense clip per second of the video, centred on
     s + 0.5 s; ``max_seconds`` keeps the first seconds only).
@@ -161,7 +184,13 @@ class FrameSampler:
         if self.kind == "dense":
             return [dense_clip_indices(num_frames, self.num_frames, self.stride, rng, center=rng is None)]
         if self.kind == "uniform":
-            return [uniform_segment_indices(num_frames, self.num_frames, rng)]
+            if self.num_clips == 1:
+                return [uniform_segment_indices(num_frames, self.num_frames, rng)]
+            if rng is not None:  # training: independent random positions per view
+                return [
+                    uniform_segment_indices(num_frames, self.num_frames, rng) for _ in range(self.num_clips)
+                ]
+            return uniform_offset_indices(num_frames, self.num_frames, self.num_clips)
         if self.kind == "per_second":
             return per_second_clip_indices(num_frames, fps, self.num_frames, self.stride, self.max_seconds)
         if self.kind == "caption":

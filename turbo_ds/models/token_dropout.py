@@ -87,12 +87,27 @@ class TokenDropout(nn.Module):
         self.strategy = strategy
 
     def sample(
-        self, batch: int, grid: Grid, device: torch.device | str | None = None
+        self,
+        batch: int,
+        grid: Grid,
+        device: torch.device | str | None = None,
+        *,
+        drop_ratio: float | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(keep_idx, drop_idx) for a batch, or (None, None) in eval mode or at ratio 0."""
-        if not self.training or self.drop_ratio == 0.0:
+        """(keep_idx, drop_idx) for a batch, or (None, None) in eval mode or at ratio 0.
+
+        ``drop_ratio`` given: drop at that ratio in any mode (test-time draws, seeded by ``generator``);
+        None: the module's own ratio, in training mode only."""
+        if drop_ratio is None:
+            if not self.training:
+                return None, None
+            drop_ratio = self.drop_ratio
+        if check_drop_ratio(drop_ratio) == 0.0:
             return None, None
-        return token_dropout_indices(batch, grid, self.drop_ratio, self.strategy, device=device)
+        return token_dropout_indices(
+            batch, grid, drop_ratio, self.strategy, generator=generator, device=device
+        )
 
     def forward(
         self, x: torch.Tensor, grid: Grid

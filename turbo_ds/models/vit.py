@@ -60,7 +60,7 @@ class VideoViT(nn.Module):
             self.pos_embed_spatial = self.pos_embed_temporal = self.pos_embed_cls = None
         self.token_dropout = TokenDropout(cfg.drop_ratio, cfg.drop_strategy)
         self.norm_pre = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist() if cfg.depth else []
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist() if cfg.depth else []
         self.blocks = nn.ModuleList(
             Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, r, cfg.norm_eps, cfg.act) for r in rates
         )
@@ -110,25 +110,52 @@ class VideoViT(nn.Module):
                 f"and H, W multiples of patch_size {cfg.patch_size}"
             )
 
-    def pos_embed(self, grid: tuple[int, int, int]) -> torch.Tensor:
-        """(1, T'*H'*W', D) position embedding for `grid`: spatial table + temporal table, broadcast."""
+    def pos_embed(
+        self, grid: tuple[int, int, int], t_offset: int = 0, t_total: int | None = None
+    ) -> torch.Tensor:
+        """(1, T'*H'*W', D) position embedding for `grid`: spatial table + temporal table, broadcast.
+
+        `t_offset` / `t_total` (token steps): `grid` is the part starting at step `t_offset` of a clip
+        of `t_total` steps (default: the whole clip), so a temporal chunk gets the positions it has in
+        the whole clip. A learned temporal table is resized to `t_total`, then sliced."""
         t, h, w = grid
+        t_total = t_offset + t if t_total is None else t_total
+        if t_offset < 0 or t_offset + t > t_total:
+            raise ValueError(f"temporal part [{t_offset}, {t_offset + t}) is not inside [0, {t_total})")
         d = self.cfg.embed_dim
         if self.pos_embed_spatial is None:
             ref = self.patch_embed.proj.weight
-            return separable_sincos(d, (t, h, w)).to(ref.device, ref.dtype)
+            table = separable_sincos(d, (t_total, h, w))[:, t_offset * h * w : (t_offset + t) * h * w]
+            return table.to(ref.device, ref.dtype)
         _, gh, gw = self.cfg.grid
         spatial = resize_spatial(self.pos_embed_spatial, (gh, gw), (h, w))
-        temporal = resize_temporal(self.pos_embed_temporal, t)
+        temporal = resize_temporal(self.pos_embed_temporal, t_total)[:, t_offset : t_offset + t]
         return (temporal[:, :, None, :] + spatial[:, None, :, :]).reshape(1, t * h * w, d)
 
-    def forward_features(self, video: torch.Tensor) -> ViTOutput:
+    def _token_steps(self, frames: int, name: str) -> int:
+        if frames % self.cfg.tubelet_size:
+            raise ValueError(f"{name} = {frames} must be a multiple of tubelet_size {self.cfg.tubelet_size}")
+        return frames // self.cfg.tubelet_size
+
+    def forward_features(
+        self,
+        video: torch.Tensor,
+        *,
+        t_offset: int = 0,
+        t_total: int | None = None,
+        drop_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> ViTOutput:
+        """See :meth:`forward` for the keywords."""
         self.check_input(video)
         grid = self.patch_embed.grid(video)
         # Drop before embedding: dropped tubelets cost neither the projection nor memory.
-        keep_idx, drop_idx = self.token_dropout.sample(video.shape[0], grid, video.device)
+        keep_idx, drop_idx = self.token_dropout.sample(
+            video.shape[0], grid, video.device, drop_ratio=drop_ratio, generator=generator
+        )
         x = self.patch_embed(video, keep_idx)
-        pos = self.pos_embed(grid)
+        steps_total = None if t_total is None else self._token_steps(t_total, "t_total")
+        pos = self.pos_embed(grid, self._token_steps(t_offset, "t_offset"), steps_total)
         x = x + (pos if keep_idx is None else gather_tokens(pos.expand(x.shape[0], -1, -1), keep_idx))
         if self.cls_token is not None:
             cls = self.cls_token if self.pos_embed_cls is None else self.cls_token + self.pos_embed_cls
@@ -150,10 +177,27 @@ class VideoViT(nn.Module):
     def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.head(pooled) if self.head is not None else pooled
 
-    def forward(self, video: torch.Tensor, return_features: bool = False) -> torch.Tensor | ViTOutput:
+    def forward(
+        self,
+        video: torch.Tensor,
+        return_features: bool = False,
+        *,
+        t_offset: int = 0,
+        t_total: int | None = None,
+        drop_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor | ViTOutput:
         """Logits (B, num_classes), or pooled features (B, num_features) when there is no head; with
         ``return_features`` the whole :class:`ViTOutput` (``logits`` filled in). Containers call the
-        encoder this way (through ``forward``, so ZeRO-3's hooks see it), never ``forward_features``."""
-        out = self.forward_features(video)
+        encoder this way (through ``forward``, so ZeRO-3's hooks see it), never ``forward_features``.
+
+        t_offset, t_total (frames, multiples of tubelet_size): ``video`` is the temporal chunk starting
+        at frame ``t_offset`` of a clip of ``t_total`` frames; its tokens get the temporal positions of
+        that place in the whole clip (chunked long-video evaluation). Default: the whole clip.
+        drop_ratio, generator: token dropout at ``drop_ratio`` whatever the mode, drawn from
+        ``generator`` (test-time averaging over draws); None = the training-time behaviour."""
+        out = self.forward_features(
+            video, t_offset=t_offset, t_total=t_total, drop_ratio=drop_ratio, generator=generator
+        )
         out.logits = self.forward_head(out.pooled)
         return out if return_features else out.logits
