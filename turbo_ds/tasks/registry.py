@@ -11,7 +11,12 @@ import importlib
 from turbo_ds.config import ConfigError
 
 _TASKS: dict[str, type] = {}
-BUILTIN_MODULES = ("turbo_ds.tasks.classification", "turbo_ds.tasks.video_text")
+BUILTIN_MODULES = (
+    "turbo_ds.tasks.classification",
+    "turbo_ds.tasks.video_text",
+    "turbo_ds.tasks.long_video",
+    "turbo_ds.tasks.long_video_features",
+)
 
 
 def register_task(name: str):
