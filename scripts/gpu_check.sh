@@ -140,9 +140,13 @@ EOF
 if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)' >/dev/null 2>&1; then
     # b: dense vs Turbo one-step benchmark; --max-seconds stops starting new runs so the rows get written.
     step bench_model 150 "$PY" scripts/bench_model.py --preset gpu --max-seconds 115 --json "$OUT_DIR/bench_model.json"
-    # c: frames vs memory and time (scripts/bench_frames.py, the lead's).
+    # c: frames vs memory and time (scripts/bench_frames.py, the lead's); --plot / --max-seconds only
+    # where that script has them.
+    frames_extra=()
+    grep -q -- '"--plot"' scripts/bench_frames.py 2>/dev/null && frames_extra+=(--plot "$OUT_DIR/bench_frames.png")
+    grep -q -- '"--max-seconds"' scripts/bench_frames.py 2>/dev/null && frames_extra+=(--max-seconds 70)
     step bench_frames 90 "$PY" scripts/bench_frames.py --preset gpu --json "$OUT_DIR/bench_frames.json" \
-        --plot "$OUT_DIR/bench_frames.png"
+        ${frames_extra[@]+"${frames_extra[@]}"}
     # d: the planner's predicted peaks against measured ones (turbo_ds/plan, the lead's).
     step plan 60 "$PY" -m turbo_ds.plan --config configs/k400_vitb16_turbo.yaml --gpu-mem 139GiB \
         --json "$OUT_DIR/plan_k400.json" --measure --core
