@@ -132,16 +132,26 @@ def run_config(cfg: dict) -> dict:
 
 def saved_activations_mb(model, video) -> float:
     """MB of distinct non-parameter tensors autograd saves for backward in one forward: the activation
-    memory, exactly and independent of allocator and machine load. (Not used for checkpointed rows:
-    checkpointing hides its saved tensors from outer hooks.)"""
+    memory, exactly and independent of allocator and machine load (autocast's bf16 copies of the
+    weights are left out too). (Not used for checkpointed rows: checkpointing hides its saved tensors
+    from outer hooks.)"""
     import torch
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
+    def is_param_cast(t: torch.Tensor) -> bool:
+        """A weight cast by autocast (bf16 copy of a parameter, or a view of one such as the transpose a
+        linear layer saves): model state, not an activation."""
+        fn = (t._base if t._base is not None else t).grad_fn
+        if fn is None or type(fn).__name__ != "ToCopyBackward0" or not fn.next_functions:
+            return False
+        src = getattr(fn.next_functions[0][0], "variable", None)
+        return src is not None and src.untyped_storage().data_ptr() in params
+
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
+        if storage.data_ptr() not in params and not is_param_cast(t):
             seen[storage.data_ptr()] = storage.nbytes()
         return t
 
