@@ -41,6 +41,7 @@ gpu-bundle: setup
 	rm -rf .gpu_deps
 	$(PIP) install --quiet --no-deps --no-compile --target .gpu_deps "pyyaml==$$($(PY) -c 'import yaml; print(yaml.__version__)')"
 	rm -rf .gpu_deps/_yaml .gpu_deps/yaml/_yaml*.so .gpu_deps/bin
+	echo "$$(git rev-parse HEAD) $$(git status --porcelain --untracked-files=no | wc -l) files modified" > .gpu_deps/COMMIT
 	PYTHONPATH=.gpu_deps $(PY) -c 'import yaml; assert not yaml.__with_libyaml__; print("PyYAML", yaml.__version__, "(pure Python) in .gpu_deps/")'
 
 # The GPU check here (results in gpu_check_out/); without a CUDA GPU it records the environment, skips

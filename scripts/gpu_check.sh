@@ -108,6 +108,8 @@ try:
                                        timeout=10).stdout.strip() or None
 except Exception:
     out["git_commit"] = None
+if not out["git_commit"] and os.path.exists(".gpu_deps/COMMIT"):  # the tree travels without .git
+    out["git_commit"] = "from make gpu-bundle: " + open(".gpu_deps/COMMIT").read().strip()
 # Which of turbo_ds's optional dependencies this python has (found, not imported).
 out["packages"] = {n: importlib.util.find_spec(n) is not None for n in
                    ("numpy", "yaml", "deepspeed", "mlflow", "decord", "av", "open_clip", "pyarrow", "tqdm",
