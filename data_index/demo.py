@@ -75,7 +75,7 @@ class DemoSize:
 
 
 SIZES = {
-    "default": DemoSize(64, 24, (20, 28), (384, 96), (192, 48), (64, 32)),
+    "default": DemoSize(64, 24, (20, 28), (384, 96), (192, 48), (512, 64)),
     "tiny": DemoSize(
         32, 16, (8, 10), (8, 4), (4, 2), (4, 2), vlp=(4, 2, 2), vlp_segments=(2, 3), vlp_seg_frames=(8, 10)
     ),

@@ -293,3 +293,15 @@ def test_two_stage_trains_on_the_same_data(demo_data, tmp_path):  # noqa: F811
     final = json.loads((out / "final_metrics.json").read_text())
     assert final["val/num_samples"] == 2 and 0.0 <= final["val/top1"] <= 100.0
     assert "two-stage: frozen encoder on clips of 4 frames" in proc.stdout
+
+
+def test_pretrained_short_clip_model_starts_all_but_the_head(tmp_path):
+    torch.manual_seed(7)
+    short = create_model("vit_debug", num_frames=4, num_classes=7, pos_embed="learned", pool="mean")
+    torch.save(short.state_dict(), tmp_path / "k400_like.pt")
+    d = _cfg_dict()
+    d["model"]["pretrained"] = str(tmp_path / "k400_like.pt")
+    enc = build_task(config_from_dict(d)).model.encoder
+    assert enc.head.out_features == 4  # the activity head is new (a 7-class head would not fit)
+    assert torch.equal(enc.blocks[0].attn.qkv.weight, short.blocks[0].attn.qkv.weight)
+    assert enc.pos_embed_temporal.shape[1] == 4  # resized from the 4-frame clip's 2 steps to 8 frames' 4

@@ -121,6 +121,25 @@ def resolve_options(opts: LongVideoOptions, cfg: TrainConfig, tubelet_size: int)
     )
 
 
+def build_model_fresh_head(cfg: TrainConfig, num_classes: int) -> TurboModel:
+    """``build_model`` whose ``model.pretrained`` weights (a short-clip model, e.g. a Kinetics-400
+    fine-tune exported by scripts/export.py) start everything but the head: activities are new classes."""
+    from turbo_ds.models import load_pretrained
+    from turbo_ds.tasks import build_model
+
+    m = cfg.model
+    model = build_model(dataclasses.replace(cfg, model=dataclasses.replace(m, pretrained=None)), num_classes)
+    if m.pretrained:
+        report = load_pretrained(
+            model.encoder, m.pretrained, fmt=m.pretrained_format, inflation=m.inflation, exclude=("head.",)
+        )
+        print(
+            f"[turbo_ds] loaded pretrained weights (all but the head) from {m.pretrained}: {report}",
+            flush=True,
+        )
+    return model
+
+
 def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
     """(B * V, K) logits -> (B, K) log of the softmax averaged over the V views of each sample."""
     probs = logits.float().softmax(dim=-1).view(-1, views, logits.shape[-1]).mean(dim=1)
@@ -162,13 +181,12 @@ class LongVideoTask(Task):
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> LongVideoTask:
         from turbo_ds.models import model_config
-        from turbo_ds.tasks import build_model
 
         opts = cls.parse_options(cfg.task.options)
         size = {"num_frames": cfg.data.num_frames, "img_size": cfg.data.img_size}
         tubelet = model_config(cfg.model.name, **{**cfg.model.overrides, **size}).tubelet_size
         opts = resolve_options(opts, cfg, tubelet)
-        return cls(build_model(cfg, num_classes=opts.num_classes), opts, cfg)
+        return cls(build_model_fresh_head(cfg, opts.num_classes), opts, cfg)
 
     # ---- data and evaluation ---------------------------------------------------------------------
     def train_data(self) -> DataSpec:
