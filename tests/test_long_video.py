@@ -305,3 +305,25 @@ def test_pretrained_short_clip_model_starts_all_but_the_head(tmp_path):
     assert enc.head.out_features == 4  # the activity head is new (a 7-class head would not fit)
     assert torch.equal(enc.blocks[0].attn.qkv.weight, short.blocks[0].attn.qkv.weight)
     assert enc.pos_embed_temporal.shape[1] == 4  # resized from the 4-frame clip's 2 steps to 8 frames' 4
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "demo_long_video.yaml",
+        "demo_long_video_two_stage.yaml",
+        "breakfast_vitb16_turbo.yaml",
+        "coin_vitb16_turbo.yaml",
+    ],
+)
+def test_long_video_configs_build_their_task(name):
+    from turbo_ds.config import load_config
+
+    # no weights or index on a test machine: no pretrained file, the class count given
+    cfg = load_config(ROOT / "configs" / name, ["model.pretrained=null", "task.num_classes=4"])
+    task = build_task(cfg)
+    assert task.task_name == cfg.task.name and task.train_data().sampler == "uniform"
+    prefixes = [s.metric_prefix for s in task.eval_specs()]
+    assert prefixes == (
+        ["val"] if "two_stage" in name else [f"val_{m}" for m in cfg.task.options["eval_modes"]]
+    )
