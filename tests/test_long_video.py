@@ -327,3 +327,16 @@ def test_long_video_configs_build_their_task(name):
     assert prefixes == (
         ["val"] if "two_stage" in name else [f"val_{m}" for m in cfg.task.options["eval_modes"]]
     )
+
+
+def test_sincos_checkpoint_starts_learned_tables_at_its_values(tmp_path):
+    torch.manual_seed(8)
+    short = create_model("vit_debug", num_frames=8, pool="mean").eval()  # sin-cos positions
+    torch.save(short.state_dict(), tmp_path / "sincos.pt")
+    d = _cfg_dict()  # learned tables
+    d["model"]["pretrained"] = str(tmp_path / "sincos.pt")
+    enc = build_task(config_from_dict(d)).model.encoder.eval()
+    video = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():  # the same function of the clip, now with tables that learn
+        torch.testing.assert_close(enc(video, return_features=True).pooled, short(video))
+    assert enc.pos_embed_temporal.requires_grad

@@ -81,7 +81,9 @@ def build_dataloader(
         split: rows with this ``split`` value ("train", "val", ...); None = all rows.
         sampler: "dense" (``num_frames`` every ``stride`` frames; random temporal crop when ``train``,
             centre otherwise), "uniform" (``num_frames`` equal segments, one frame each; long videos,
-            adds ``segments``/``segment_text``/``frame_times`` to items), "caption" (a clip around one
+            adds ``segments``/``segment_text``/``frame_times`` to items; with ``num_clips`` V > 1,
+            ``video`` is (V, C, T, H, W): in eval view k takes the frame at (k + 0.5) / V of every
+            segment, in training V independent random samplings), "caption" (a clip around one
             caption, see below), "multiview" (``num_clips`` clips x ``num_crops`` (1 or 3) spatial
             crops: ``video`` is (V, C, T, H, W)), "per_second" (HTM-Align evaluation, see below).
             caption, training: ``samples_per_video`` items per video (length = videos x

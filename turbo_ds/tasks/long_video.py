@@ -133,11 +133,27 @@ def build_model_fresh_head(cfg: TrainConfig, num_classes: int) -> TurboModel:
         report = load_pretrained(
             model.encoder, m.pretrained, fmt=m.pretrained_format, inflation=m.inflation, exclude=("head.",)
         )
+        if {"pos_embed_spatial", "pos_embed_temporal"} <= set(report.missing):
+            start_learned_tables_at_sincos(model.encoder)
+            report.notes.append("position tables: the checkpoint's fixed sin-cos values, learned from here")
         print(
             f"[turbo_ds] loaded pretrained weights (all but the head) from {m.pretrained}: {report}",
             flush=True,
         )
     return model
+
+
+@torch.no_grad()
+def start_learned_tables_at_sincos(encoder) -> None:
+    """Learned spatial / temporal tables set to the fixed sin-cos tables (which are separable: their
+    sum is ``separable_sincos``), so a sin-cos checkpoint computes what it did, and the temporal
+    table, learned from here, is resized when evaluation takes more frames."""
+    from turbo_ds.models.pos_embed import sincos_1d, sincos_2d
+
+    t, h, w = encoder.cfg.grid
+    d = encoder.cfg.embed_dim
+    encoder.pos_embed_spatial.copy_(sincos_2d(d, h, w)[None])
+    encoder.pos_embed_temporal.copy_(sincos_1d(d, torch.arange(t))[None])
 
 
 def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
