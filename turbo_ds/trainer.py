@@ -405,6 +405,40 @@ class Trainer:
                 values[k] = values.get(k, 0.0) + float(v.detach()) / accum
         return values, tokens
 
+    def _measured_train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, float], float]:
+        """The first step of this process, its peak memory measured (the CUDA allocator; on the CPU
+        the live tensors at its start plus the profiler's count during it) and logged beside the
+        planner's prediction for this config (``memory/*``)."""
+        from turbo_ds.plan.measure import PeakMemory, live_tensor_bytes
+
+        dev = self.engine.device
+        baseline = live_tensor_bytes() if dev.type == "cpu" else 0
+        with PeakMemory(dev, baseline_bytes=baseline) as mem:
+            result = self._train_step(batches)
+        measured = float(self.engine.all_reduce_max(torch.tensor(mem.peak_mb)))
+        self._log_memory_plan(measured, mem.method)
+        return result
+
+    def _log_memory_plan(self, measured_mb: float, method: str) -> None:
+        from turbo_ds.plan import plan
+        from turbo_ds.plan.from_config import plan_inputs
+
+        try:
+            predicted = plan(*plan_inputs(self.cfg, self.ds_config, self.world_size, self.engine.device.type))
+        except Exception as e:  # noqa: BLE001 - the planner must never stop a run
+            self.log(f"memory: no prediction for this config ({type(e).__name__}: {e})")
+            return
+        err = 100.0 * (predicted.total_mb / max(measured_mb, 1e-9) - 1)
+        self.log(
+            f"memory: predicted peak {predicted.total_mb:,.1f} MiB per rank ({predicted.phase}), measured "
+            f"{measured_mb:,.1f} MiB on the first step ({method}): {err:+.1f}%"
+        )
+        metrics = {"memory/predicted_peak_mb": predicted.total_mb, "memory/measured_peak_mb": measured_mb}
+        metrics.update({f"memory/plan/{k}_mb": v / 2**20 for k, v in predicted.items.items()})
+        self.tracker.log_metrics(
+            {k.replace(" ", "_").replace("(", "").replace(")", ""): v for k, v in metrics.items()}, step=0
+        )
+
     def _window_record(self, window: dict[str, float], n: int, seconds: float, tokens: float, lr: float):
         """The metrics logged every ``train.log_every`` steps, averaged over the window and ranks."""
         eng = self.engine
@@ -473,11 +507,16 @@ class Trainer:
         window_n, window_time, window_tokens = 0, 0.0, 0.0
         t_step = time.perf_counter()
         status = "FAILED"
+        first_step = True
         try:
             while self.step < tcfg.max_steps:
                 self._apply_phase()
                 lr = eng.lr
-                values, tokens = self._train_step(batches)
+                if first_step and cfg.tracking.memory_plan:
+                    values, tokens = self._measured_train_step(batches)
+                else:
+                    values, tokens = self._train_step(batches)
+                first_step = False
                 self.step += 1
                 now = time.perf_counter()
                 dt, t_step = now - t_step, now

@@ -1,0 +1,92 @@
+"""Measured peak memory, independent of the planner's arithmetic.
+
+- CUDA: the caching allocator's own counter (``torch.cuda.max_memory_allocated``), reset on entry.
+- CPU: torch's profiler with ``profile_memory=True`` records one ``[memory]`` event per tensor
+  allocation and free (bytes, signed) from the CPU allocator. Their running sum is the live tensor
+  memory, and its maximum the peak. It counts tensor storage only: no Python objects, no allocator
+  caching or fragmentation, none of the interpreter's own memory, which is what the planner predicts
+  and what a GPU's allocator would hold. RSS would mix in all of those (and glibc keeps freed pages),
+  so it is not used. Tensors alive before the region began are not seen: measure from before the
+  model is built (a fresh subprocess), or start from :func:`live_tensor_bytes` (every CPU tensor
+  storage reachable from Python, counted once), as the trainer does for its first step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import warnings
+
+import torch
+
+
+class PeakMemory(contextlib.AbstractContextManager):
+    """``with PeakMemory(device) as m: ...``; then ``m.peak_bytes`` (and ``m.peak_mb``).
+
+    ``baseline_bytes`` is added to the CPU peak: bytes already live on entry (0 in a fresh process)."""
+
+    def __init__(self, device: torch.device | str = "cpu", baseline_bytes: int = 0):
+        self.device = torch.device(device)
+        self.baseline_bytes = int(baseline_bytes)
+        self.peak_bytes = 0
+        self.method = "cuda_max_memory_allocated" if self.device.type == "cuda" else "profiler_memory_events"
+        self._prof = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            from torch.profiler import ProfilerActivity, profile
+
+            os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # Kineto's start/stop banners on stderr
+            self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+            return
+        self._prof.__exit__(*exc)
+        self.peak_bytes = self.baseline_bytes + peak_of_events(self._prof)
+        self._prof = None
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / 2**20
+
+
+def peak_of_events(prof) -> int:
+    """Maximum running sum of the CPU ``[memory]`` events of a finished profiler (bytes)."""
+    cpu = torch.autograd.DeviceType.CPU
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == cpu
+    )
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def live_tensor_bytes() -> int:
+    """Bytes of every distinct CPU tensor storage (and gradient) reachable through Python's GC."""
+    storages: dict[int, int] = {}
+    with warnings.catch_warnings():  # isinstance() on some lazy modules' objects warns
+        warnings.simplefilter("ignore")
+        objects = gc.get_objects()
+        tensors = [o for o in objects if isinstance(o, torch.Tensor)]
+    del objects
+    for obj in tensors:
+        for t in (obj, obj.grad if obj.is_leaf else None):
+            if t is None or t.device.type != "cpu" or t.is_meta:
+                continue
+            with contextlib.suppress(RuntimeError):  # e.g. tensors without storage (sparse, functional)
+                st = t.untyped_storage()
+                storages[st.data_ptr()] = st.nbytes()
+    return sum(storages.values())

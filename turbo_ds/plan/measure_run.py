@@ -1,0 +1,142 @@
+"""Measure a real config: ``steps`` training steps of the trainer (its task, data, DeepSpeed engine
+and ds_config) on ``world`` local processes, each measuring its own peak from before anything is
+built (:class:`turbo_ds.plan.measure.PeakMemory`). Evaluation, checkpoints and tracking are off.
+
+    python -m turbo_ds.plan.measure_run --config C --ds_config D [--set k=v] [--world N] [--steps 3]
+
+prints one ``MEASURED {json}`` line: the per-rank peaks and their maximum. Used by
+``python -m turbo_ds.plan --measure``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+
+RESULT = "MEASURED "
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_main(args) -> None:
+    """One rank: train ``steps`` steps inside PeakMemory, write ``{rank, peak_bytes}`` to a file."""
+    import torch
+
+    from turbo_ds.config import load_config
+    from turbo_ds.engine.distributed import device
+    from turbo_ds.plan.measure import PeakMemory
+
+    cfg = load_config(args.config, args.overrides)
+    dev = device()
+    with PeakMemory(dev) as mem:
+        from turbo_ds.trainer import Trainer
+
+        trainer = Trainer(cfg, args.ds_config)
+        batches = trainer._batches()
+        trainer._apply_phase()
+        for _ in range(args.steps):
+            trainer._train_step(batches)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    rank = int(os.environ.get("RANK", "0"))
+    with open(os.path.join(args.result_dir, f"rank{rank}.json"), "w") as f:
+        json.dump({"rank": rank, "peak_bytes": mem.peak_bytes, "method": mem.method}, f)
+    from turbo_ds.engine import distributed
+
+    distributed.destroy()
+
+
+def measure_config(
+    config: str,
+    ds_config: str,
+    overrides: list[str] | None = None,
+    world: int = 1,
+    steps: int = 3,
+    timeout_s: float = 900,
+) -> dict:
+    """Run ``world`` rank processes of this module and collect their peaks (bytes)."""
+    out_dir = tempfile.mkdtemp(prefix="turbo_plan_measure_")
+    overrides = list(overrides or []) + [
+        f"output_dir={out_dir}/run",
+        "tracking.enabled=false",
+        "checkpoint.save_final=false",
+        "checkpoint.every_steps=0",
+        "train.progress_bar=false",
+        f"train.max_steps={max(steps, 1)}",
+        "optim.warmup_steps=0",
+        "token_dropout.final_dense_steps=0",
+    ]
+    port = str(_free_port())
+    procs = []
+    for rank in range(world):
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+        )
+        cmd = [sys.executable, "-m", "turbo_ds.plan.measure_run", "--rank-worker", "--result-dir", out_dir]
+        cmd += ["--config", config, "--ds_config", ds_config, "--steps", str(steps)]
+        for o in overrides:
+            cmd += ["--set", o]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=timeout_s)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise RuntimeError(f"measurement did not finish in {timeout_s:.0f} s") from None
+    failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        tail = "\n".join(logs[failed[0][0]].splitlines()[-15:])
+        raise RuntimeError(f"measurement rank {failed[0][0]} exited with {failed[0][1]}:\n{tail}")
+    ranks = []
+    for rank in range(world):
+        with open(os.path.join(out_dir, f"rank{rank}.json")) as f:
+            ranks.append(json.load(f))
+    return {
+        "peak_bytes": max(r["peak_bytes"] for r in ranks),
+        "per_rank_bytes": [r["peak_bytes"] for r in ranks],
+        "method": ranks[0]["method"],
+        "steps": steps,
+        "world": world,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--ds_config", required=True)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--world", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--result-dir", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.rank_worker:
+        rank_main(args)
+        return
+    print(
+        RESULT
+        + json.dumps(measure_config(args.config, args.ds_config, args.overrides, args.world, args.steps))
+    )
+
+
+if __name__ == "__main__":
+    main()

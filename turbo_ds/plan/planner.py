@@ -1,0 +1,106 @@
+"""The planner: a config (or a :class:`Workload`) in, the itemised per-rank peak out.
+
+peak = max(backward peak, optimizer-step peak), where
+- backward peak = model states alive for the whole step + the gradients produced so far + the
+  activations at the worst moment of backward (:func:`turbo_ds.plan.activations.activation_timeline`);
+- optimizer-step peak = model states + every gradient + the optimizer's temporaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from turbo_ds.plan.activations import activation_timeline
+from turbo_ds.plan.model_states import StateSetup, model_states
+from turbo_ds.plan.params import ParamCounts
+from turbo_ds.plan.workload import BYTES, Workload
+
+MiB = 2**20
+
+
+@dataclass
+class MemoryPlan:
+    """Per-rank peak bytes, itemised (``items``, whose sum is ``total``), at ``phase`` (backward or
+    optimizer step); ``notes``: what the prediction does not cover."""
+
+    items: dict[str, int]
+    phase: str
+    workload: Workload
+    setup: StateSetup
+    counts: ParamCounts
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.items.values())
+
+    @property
+    def total_mb(self) -> float:
+        return self.total / MiB
+
+    def to_dict(self) -> dict[str, Any]:
+        w = self.workload
+        return {
+            "predicted_mb": round(self.total_mb, 2),
+            "phase": self.phase,
+            "items_mb": {k: round(v / MiB, 3) for k, v in self.items.items()},
+            "workload": {
+                "batch_size": w.batch_size,
+                "num_frames": w.num_frames,
+                "img_size": w.vit.img_size,
+                "tokens": w.tokens,
+                "kept_tokens": w.kept,
+                "reconstructed_tokens": w.reconstructed,
+                "drop_ratio": w.drop_ratio,
+                "checkpoint_blocks": w.checkpoint_blocks,
+                "precision": w.precision,
+                "attention": w.attention,
+                "device": w.device,
+            },
+            "model_states": dataclasses.asdict(self.setup),
+            "params": {"total": self.counts.total, "trainable": self.counts.trainable},
+            "notes": self.notes,
+        }
+
+
+def optimizer_temporaries(counts: ParamCounts, setup: StateSetup, device: str) -> int:
+    """AdamW's step temporaries. torch's multi-tensor (foreach) path, the default on CUDA, holds one
+    parameter-sized temporary per tensor list at once; the per-parameter CPU loop, the largest
+    parameter's; DeepSpeed's fused / CPU Adam updates in place."""
+    if setup.engine != "torch":
+        return 0
+    s = BYTES[setup.precision]
+    return counts.trainable * s if device == "cuda" else 2 * counts.largest_layer * s
+
+
+def plan(
+    workload: Workload, counts: ParamCounts, setup: StateSetup, notes: list[str] | None = None
+) -> MemoryPlan:
+    """The itemised peak of one rank (module docstring)."""
+    states = model_states(counts, setup)
+    g = states.grad_bytes_per_param
+    acts = activation_timeline(workload, [n * g for n in counts.encoder_blocks], counts.after_blocks * g)
+    backward = {**states.items, **acts.items}
+    if acts.grads_bytes:
+        backward["gradients (so far in backward)"] = acts.grads_bytes
+    step = dict(states.items)
+    if g:
+        step["gradients"] = counts.trainable * g
+    tmp = optimizer_temporaries(counts, setup, workload.device)
+    if tmp:
+        step["optimizer step temporaries"] = tmp
+    step["input clips"] = acts.items.get("input clips", 0)
+    if sum(step.values()) > sum(backward.values()):
+        items, phase = step, "optimizer step"
+    else:
+        items, phase = (
+            backward,
+            f"backward (block {acts.peak_block})"
+            if acts.peak_block < workload.vit.depth
+            else "start of backward",
+        )
+    return MemoryPlan(
+        {k: v for k, v in items.items() if v}, phase, workload, setup, counts, list(notes or [])
+    )

@@ -1,0 +1,127 @@
+"""Measure a real training step of the model core (torch only): the planner's ground truth.
+
+``measure_core_step(workload, device)`` builds the encoder (+ Partial-MAE, + a classifier head) the
+workload describes, runs ``steps`` full training steps (forward, backward, AdamW step) on synthetic
+clips, and returns the peak tensor memory of the whole process (model states included) measured by
+:class:`turbo_ds.plan.measure.PeakMemory`. No deepspeed, data loader or tracking is involved, so it
+runs on a bare GPU machine. Run it in a fresh subprocess (``python -m turbo_ds.plan.probe``) so the
+CPU measurement sees every allocation from an empty start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from turbo_ds.plan.measure import PeakMemory
+from turbo_ds.plan.workload import DecoderShape, Workload
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_core(workload: Workload, device: torch.device):
+    """The TurboModel of ``workload`` in its precision on ``device`` (checkpointing applied)."""
+    from turbo_ds.models import PartialMAE, TurboModel, VideoViT
+
+    encoder = VideoViT(workload.vit)
+    if workload.checkpoint_blocks:
+        from torch.utils.checkpoint import checkpoint
+
+        encoder.set_checkpointing(
+            lambda blk, x: checkpoint(blk, x, use_reentrant=False), workload.checkpoint_blocks
+        )
+    pmae = None
+    if workload.decoder is not None:
+        d = workload.decoder
+        pmae = PartialMAE.for_encoder(
+            encoder,
+            decoder_dim=d.dim,
+            decoder_depth=d.depth,
+            decoder_heads=d.heads,
+            mlp_ratio=d.mlp_ratio,
+            pmae_ratio=d.pmae_ratio,
+        )
+    return TurboModel(encoder, pmae).to(device=device, dtype=DTYPES[workload.precision])
+
+
+def synthetic_batch(workload: Workload, device: torch.device, generator: torch.Generator):
+    c = workload.vit
+    video = torch.randn(
+        workload.batch_size, c.in_chans, c.num_frames, c.img_size, c.img_size, generator=generator
+    ).to(device)
+    labels = torch.randint(0, max(1, c.num_classes), (workload.batch_size,), generator=generator).to(device)
+    return video, labels
+
+
+def train_step(model, optimizer, video, labels) -> float:
+    out = model(video)
+    loss = torch.nn.functional.cross_entropy(out.logits.float(), labels)
+    if out.mae_loss is not None:
+        loss = loss + out.mae_loss.float()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def measure_core_step(workload: Workload, device: str | torch.device = "cpu", steps: int = 2) -> dict:
+    """Peak memory of ``steps`` training steps of ``workload``, counted from before the model exists.
+
+    Returns ``{"peak_bytes", "peak_mb", "method", "step_s", "loss"}``. The attention kernel is the one
+    torch picks on ``device`` (``workload.attention`` only informs the planner)."""
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    with PeakMemory(device) as mem:
+        model = build_core(workload, device)
+        model.train()
+        model.encoder.set_drop_ratio(workload.drop_ratio)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        video, labels = synthetic_batch(workload, device, gen)
+        times, loss = [], float("nan")
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            loss = train_step(model, optimizer, video, labels)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+    return {
+        "peak_bytes": mem.peak_bytes,
+        "peak_mb": mem.peak_mb,
+        "method": mem.method,
+        "step_s": min(times),
+        "loss": loss,
+    }
+
+
+# ---- subprocess entry point: one workload as JSON in, one result as JSON out -----------------------
+def workload_to_json(w: Workload) -> str:
+    import dataclasses
+
+    return json.dumps(dataclasses.asdict(w))
+
+
+def workload_from_json(text: str) -> Workload:
+    from turbo_ds.models.config import ViTConfig
+
+    d = json.loads(text)
+    d["vit"] = ViTConfig(**d["vit"])
+    d["decoder"] = DecoderShape(**d["decoder"]) if d.get("decoder") else None
+    return Workload(**d)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workload", required=True, help="Workload as JSON")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=2)
+    args = ap.parse_args(argv)
+    result = measure_core_step(workload_from_json(args.workload), args.device, args.steps)
+    print("PROBE_RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
