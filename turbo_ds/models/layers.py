@@ -41,10 +41,11 @@ class PatchEmbed3D(nn.Module):
         return t // self.tubelet_size, h // self.patch_size, w // self.patch_size
 
     def forward(self, video: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
-        video = video.to(self.proj.weight.dtype)  # e.g. fp32 clips into a bf16 model
+        dtype = self.proj.weight.dtype  # e.g. fp32 clips into a bf16 model
         if keep_idx is None:
-            return self.proj(video).flatten(2).transpose(1, 2)
-        cubes = gather_cubes(video, keep_idx, self.tubelet_size, self.patch_size)
+            return self.proj(video.to(dtype)).flatten(2).transpose(1, 2)
+        # Select, then cast: a cast copy of the whole long video would cost more than the kept cubes.
+        cubes = gather_cubes(video, keep_idx, self.tubelet_size, self.patch_size).to(dtype)
         return F.linear(cubes, self.proj.weight.flatten(1), self.proj.bias)  # kernel is (D, c*t*p*p)
 
 

@@ -30,6 +30,8 @@ class PeakMemory(contextlib.AbstractContextManager):
         self.device = torch.device(device)
         self.baseline_bytes = int(baseline_bytes)
         self.peak_bytes = 0
+        self.peak_since_mark_bytes = 0
+        self._marked = False
         self.method = "cuda_max_memory_allocated" if self.device.type == "cuda" else "profiler_memory_events"
         self._prof = None
 
@@ -45,13 +47,26 @@ class PeakMemory(contextlib.AbstractContextManager):
             self._prof.__enter__()
         return self
 
+    def mark(self) -> None:
+        """Start of the part of interest: ``peak_since_mark_bytes`` is the peak after this point (the
+        step after the setup, say), still counting every tensor allocated before it."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)  # keeps what is allocated now
+        else:
+            with torch.profiler.record_function(MARK):
+                pass
+        self._marked = True
+
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+            self.peak_since_mark_bytes = self.peak_bytes
             return
         self._prof.__exit__(*exc)
         self.peak_bytes = self.baseline_bytes + peak_of_events(self._prof)
+        self.peak_since_mark_bytes = self.baseline_bytes + peak_of_events(self._prof, after=MARK)
         self._prof = None
 
     @property
@@ -59,18 +74,28 @@ class PeakMemory(contextlib.AbstractContextManager):
         return self.peak_bytes / 2**20
 
 
-def peak_of_events(prof) -> int:
-    """Maximum running sum of the CPU ``[memory]`` events of a finished profiler (bytes)."""
+MARK = "turbo_ds.plan.mark"
+
+
+def peak_of_events(prof, after: str | None = None) -> int:
+    """Maximum running sum of the CPU ``[memory]`` events of a finished profiler (bytes); with
+    ``after``, only from the last event of that name on (the sum still starts at the beginning)."""
     cpu = torch.autograd.DeviceType.CPU
+    all_events = prof.profiler.kineto_results.events()
+    start = 0
+    if after is not None:
+        marks = [e.start_ns() for e in all_events if e.name() == after]
+        start = max(marks) if marks else 0
     events = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and e.device_type() == cpu
+        (e.start_ns(), e.nbytes()) for e in all_events if e.name() == "[memory]" and e.device_type() == cpu
     )
     live = peak = 0
-    for _, nbytes in events:
+    for t, nbytes in events:
+        if t >= start:
+            peak = max(peak, live)  # what was live when the region began counts too
         live += nbytes
-        peak = max(peak, live)
+        if t >= start:
+            peak = max(peak, live)
     return peak
 
 

@@ -1,6 +1,9 @@
 """Measure a real config: ``steps`` training steps of the trainer (its task, data, DeepSpeed engine
-and ds_config) on ``world`` local processes, each measuring its own peak from before anything is
-built (:class:`turbo_ds.plan.measure.PeakMemory`). Evaluation, checkpoints and tracking are off.
+and ds_config) on ``world`` local processes, each counting its tensors from before anything is built
+(:class:`turbo_ds.plan.measure.PeakMemory`). ``peak_bytes`` is the peak during the steps (what the
+planner predicts); ``process_peak_bytes`` includes the setup (DeepSpeed's initialisation flattens and
+copies the parameters, a transient that matters only for tiny models). Evaluation, checkpoints and
+tracking are off.
 
     python -m turbo_ds.plan.measure_run --config C --ds_config D [--set k=v] [--world N] [--steps 3]
 
@@ -43,13 +46,22 @@ def rank_main(args) -> None:
         trainer = Trainer(cfg, args.ds_config)
         batches = trainer._batches()
         trainer._apply_phase()
+        mem.mark()  # the steps' peak, apart from DeepSpeed's initialisation transients
         for _ in range(args.steps):
             trainer._train_step(batches)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
     rank = int(os.environ.get("RANK", "0"))
     with open(os.path.join(args.result_dir, f"rank{rank}.json"), "w") as f:
-        json.dump({"rank": rank, "peak_bytes": mem.peak_bytes, "method": mem.method}, f)
+        json.dump(
+            {
+                "rank": rank,
+                "peak_bytes": mem.peak_since_mark_bytes,
+                "process_peak_bytes": mem.peak_bytes,
+                "method": mem.method,
+            },
+            f,
+        )
     from turbo_ds.engine import distributed
 
     distributed.destroy()
@@ -113,6 +125,7 @@ def measure_config(
     return {
         "peak_bytes": max(r["peak_bytes"] for r in ranks),
         "per_rank_bytes": [r["peak_bytes"] for r in ranks],
+        "process_peak_bytes": max(r["process_peak_bytes"] for r in ranks),
         "method": ranks[0]["method"],
         "steps": steps,
         "world": world,

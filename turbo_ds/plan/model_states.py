@@ -17,8 +17,12 @@ and why:
 - **ZeRO-1 and stage 0**, which the estimators do not cover: ZeRO-1 keeps full 16-bit gradients
   (2 + 2 + 16 / N); stage 0 (DeepSpeed's bf16 optimizer) keeps everything on every rank (20).
 - **fp32 training** (what the CPU runs): parameters and gradients are 4 bytes; ZeRO-1/2 still keep an
-  fp32 copy of the partition, which takes the reduced gradients: ZeRO-2 holds 4 + 12 / N (copy 4,
-  AdamW 8), ZeRO-1 4 + 4 (full gradients) + 12 / N. (Measured on the CPU, see docs/benchmarks.md.)
+  fp32 copy of the partition: ZeRO-2 holds 4 + 12 / N (copy 4, AdamW 8) through backward and its
+  4 / N gradient partition only around the step; ZeRO-1 4 + 4 (full gradients) + 12 / N.
+- **ZeRO-3 gathering**: DeepSpeed keeps gathered parameters while their reuse distance is under
+  ``stage3_max_reuse_distance`` (default 1e9), up to ``stage3_max_live_parameters``: below a billion
+  parameters every rank holds the whole 16-bit model during forward and backward, not just the
+  estimator's largest layer.
 - **ZeRO-3 persistence**: parameters of at most ``stage3_param_persistence_threshold`` elements are
   not partitioned (every rank holds them whole); for a small model that is most biases, norms and
   narrow layers.
@@ -44,6 +48,7 @@ ZERO_DEFAULTS = {
     "contiguous_gradients": True,
     "stage3_prefetch_bucket_size": 50_000_000,
     "stage3_param_persistence_threshold": 100_000,
+    "stage3_max_live_parameters": 1_000_000_000,
 }
 
 
@@ -100,6 +105,8 @@ class ModelStates:
 
     items: dict[str, int]
     grad_bytes_per_param: int
+    step_items: dict[str, int] = field(default_factory=dict)
+    """Alive only around the optimizer step (e.g. fp32 ZeRO-2's reduced gradient partition)."""
 
     @property
     def total(self) -> int:
@@ -119,8 +126,14 @@ def model_states(counts: ParamCounts, setup: StateSetup) -> ModelStates:
     if stage == 3:
         # Tensors under the persistence threshold stay whole on every rank; the rest is partitioned.
         whole = min(counts.small(int(setup.zero_key("stage3_param_persistence_threshold"))), counts.total)
-        items["parameters"] = 0 if setup.offload_param else ((counts.total - whole) * s) // n + whole * s
-        items["gathered layer (ZeRO-3)"] = 4 * counts.largest_layer if mixed else s * counts.largest_layer
+        offloaded = setup.offload_param and setup.device != "cpu"
+        items["parameters"] = 0 if offloaded else ((counts.total - whole) * s) // n + whole * s
+        if n > 1:
+            # Gathered parameters stay gathered while their reuse distance is under
+            # stage3_max_reuse_distance (1e9 by default), up to stage3_max_live_parameters: for any
+            # model below a billion parameters, all of them during forward and backward.
+            live = min(counts.total - whole, int(setup.zero_key("stage3_max_live_parameters")))
+            items["gathered parameters (ZeRO-3)"] = max(live, counts.largest_layer) * s
     else:
         items["parameters"] = counts.total * s
     master = 4 * psi if mixed else 0  # fp32 master weights (fp32 training updates the parameters)
@@ -140,7 +153,10 @@ def model_states(counts: ParamCounts, setup: StateSetup) -> ModelStates:
     items["gradient partitions"] = (grads32 + grads_model) // part if on_device else 0
     items["gradient buckets (DeepSpeed)"] = bucket_bytes(setup, psi)
     grad_pp = s if stage in (0, 1) else 0
-    return ModelStates({k: v for k, v in items.items() if v}, grad_pp)
+    step_items = {}
+    if not mixed and stage == 2:  # fp32: the reduced partition is built at the end of backward
+        step_items["gradient partition (fp32)"] = 4 * psi // n
+    return ModelStates({k: v for k, v in items.items() if v}, grad_pp, step_items)
 
 
 def bucket_bytes(setup: StateSetup, trainable: int) -> int:
@@ -167,8 +183,15 @@ def deepspeed_estimate(counts: ParamCounts, setup: StateSetup) -> int | None:
     return largest + int(18 * psi / n)
 
 
+BUFFERS = ("gradient buckets (DeepSpeed)", "gathered parameters (ZeRO-3)")
+
+
 def states_without_buffers(counts: ParamCounts, setup: StateSetup) -> int:
-    """Model-state bytes comparable with :func:`deepspeed_estimate` (no buckets, all gradients)."""
+    """Model-state bytes comparable with :func:`deepspeed_estimate`: no buckets, every gradient,
+    and for ZeRO-3 the estimator's gather buffer (4 bytes x the largest layer) instead of the
+    gathered parameters."""
     st = model_states(counts, setup)
-    total = st.total - st.items.get("gradient buckets (DeepSpeed)", 0)
+    total = st.total - sum(st.items.get(k, 0) for k in BUFFERS)
+    if setup.stage == 3:
+        total += 4 * counts.largest_layer
     return total + st.grad_bytes_per_param * counts.trainable

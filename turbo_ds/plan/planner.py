@@ -66,13 +66,17 @@ class MemoryPlan:
 
 
 def optimizer_temporaries(counts: ParamCounts, setup: StateSetup, device: str) -> int:
-    """AdamW's step temporaries. torch's multi-tensor (foreach) path, the default on CUDA, holds one
-    parameter-sized temporary per tensor list at once; the per-parameter CPU loop, the largest
-    parameter's; DeepSpeed's fused / CPU Adam updates in place."""
-    if setup.engine != "torch":
-        return 0
+    """AdamW's step temporaries: torch's AdamW computes ``sqrt(v) / c`` out of place, two tensors
+    the size of what it updates at once: every parameter together on CUDA (the multi-tensor path),
+    one parameter at a time on the CPU, where DeepSpeed (ZeRO-1/2/3) hands it one flat partition.
+    DeepSpeed's FusedAdam (CUDA) and CPU Adam (offload) update in place."""
     s = BYTES[setup.precision]
-    return counts.trainable * s if device == "cuda" else 2 * counts.largest_layer * s
+    if setup.engine == "torch":
+        return counts.trainable * s if device == "cuda" else 2 * max(counts.sizes, default=0) * s
+    if device == "cuda" or setup.offload_optimizer:
+        return 0
+    unit = counts.trainable // setup.world if setup.stage >= 1 else max(counts.sizes, default=0)
+    return 2 * unit * 4  # fp32 states
 
 
 def plan(
@@ -85,7 +89,7 @@ def plan(
     backward = {**states.items, **acts.items}
     if acts.grads_bytes:
         backward["gradients (so far in backward)"] = acts.grads_bytes
-    step = dict(states.items)
+    step = {**states.items, **states.step_items}
     if g:
         step["gradients"] = counts.trainable * g
     tmp = optimizer_temporaries(counts, setup, workload.device)

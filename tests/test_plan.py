@@ -1,0 +1,226 @@
+"""The memory planner: model states against DeepSpeed's estimators, predictions against measured
+peaks of real steps, the fit questions and the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import demo_data, tiny_config, write_config  # noqa: F401 (demo_data: fixture)
+
+from turbo_ds.models.config import ViTConfig
+from turbo_ds.plan import DecoderShape, StateSetup, Workload, fit_report, parse_memory, plan
+from turbo_ds.plan.fit import largest
+from turbo_ds.plan.measure import PeakMemory, live_tensor_bytes
+from turbo_ds.plan.model_states import deepspeed_estimate, states_without_buffers
+from turbo_ds.plan.params import ParamCounts, count_on_meta
+from turbo_ds.plan.probe import build_core, workload_to_json
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 2**20
+
+
+def tiny_workload(frames=16, drop=0.0, ckpt=False, pmae=False, batch=1, dim=64) -> Workload:
+    vit = ViTConfig(
+        img_size=32, num_frames=frames, patch_size=8, tubelet_size=2, embed_dim=dim, depth=3, num_heads=2,
+        num_classes=5, drop_ratio=drop,
+    )  # fmt: skip
+    decoder = DecoderShape(dim=32, depth=1, heads=2, pmae_ratio=0.25) if pmae else None
+    return Workload(vit, batch, drop, 3 if ckpt else 0, decoder, "fp32", "efficient", "cpu")
+
+
+def core_plan(w: Workload):
+    counts = count_on_meta(lambda: build_core(w, torch.device("meta")))
+    return plan(w, counts, StateSetup("torch", precision=w.precision))
+
+
+def probe(w: Workload) -> int:
+    cmd = [sys.executable, "-m", "turbo_ds.plan.probe", "--workload", workload_to_json(w)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    return json.loads(out.split("PROBE_RESULT ", 1)[1])["peak_bytes"]
+
+
+# ---- model states ------------------------------------------------------------------------------
+@pytest.mark.parametrize("world", [1, 4, 16])
+@pytest.mark.parametrize(
+    "stage,offload_opt,offload_param",
+    [(2, False, False), (2, True, False), (3, False, False), (3, True, False), (3, True, True)],
+)
+def test_model_state_bytes_equal_deepspeeds_estimators(world, stage, offload_opt, offload_param):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    counts = ParamCounts(total=86_000_000, trainable=86_000_000, largest_layer=2_359_296, sizes=[86_000_000])
+    zero = {"stage3_param_persistence_threshold": 0}
+    setup = StateSetup("deepspeed", stage, world, "bf16", offload_opt, offload_param, zero)
+    if stage == 2:
+        _, expected = estimate_zero2_model_states_mem_needs(counts.total, world, 1, cpu_offload=offload_opt)
+    else:
+        _, expected, _ = estimate_zero3_model_states_mem_needs(
+            counts.total,
+            counts.largest_layer,
+            world,
+            1,
+            cpu_offload=offload_opt,
+            cpu_offload_params=offload_param,
+        )
+    assert deepspeed_estimate(counts, setup) == expected
+    assert states_without_buffers(counts, setup) == pytest.approx(expected, abs=16)  # integer division only
+
+
+def test_zero_defaults_are_deepspeeds():
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    from turbo_ds.plan.model_states import ZERO_DEFAULTS
+
+    ds = DeepSpeedZeroConfig()
+    assert ZERO_DEFAULTS["reduce_bucket_size"] == ds.reduce_bucket_size
+    assert ZERO_DEFAULTS["contiguous_gradients"] == ds.contiguous_gradients
+    assert ZERO_DEFAULTS["stage3_param_persistence_threshold"] == ds.param_persistence_threshold
+    assert ZERO_DEFAULTS["stage3_max_live_parameters"] == ds.max_live_parameters
+    for stage in (1, 2, 3):  # overlap_comm's dynamic default
+        assert (
+            StateSetup(stage=stage).zero_key("overlap_comm") == DeepSpeedZeroConfig(stage=stage).overlap_comm
+        )
+
+
+def test_gradient_buckets_follow_the_ds_config():
+    counts = ParamCounts(total=1000, trainable=1000, sizes=[1000])
+    two = StateSetup("deepspeed", 2, 2, "fp32", zero={"reduce_bucket_size": 1000, "overlap_comm": True})
+    one = StateSetup("deepspeed", 2, 2, "fp32", zero={"reduce_bucket_size": 1000, "overlap_comm": False})
+    assert plan(tiny_workload(), counts, two).items["gradient buckets (DeepSpeed)"] == 2 * 1000 * 4
+    assert plan(tiny_workload(), counts, one).items["gradient buckets (DeepSpeed)"] == 1000 * 4
+
+
+# ---- predictions against measurements -----------------------------------------------------------
+def test_peak_memory_counts_tensor_allocations():
+    with PeakMemory("cpu") as m:
+        a = torch.empty(2**20)  # 4 MiB
+        b = torch.empty(2**21)  # 8 MiB
+        del a
+        c = torch.empty(2**20)
+        del b, c
+    assert m.peak_bytes == 12 * MiB
+    before = live_tensor_bytes()
+    keep = torch.empty(2**18)
+    assert live_tensor_bytes() - before == 1 * MiB
+    del keep
+
+
+@pytest.mark.parametrize(
+    "w",
+    [
+        tiny_workload(frames=16),
+        tiny_workload(frames=16, ckpt=True, batch=3),
+        tiny_workload(frames=64, drop=0.75, ckpt=True, pmae=True),
+        tiny_workload(frames=32, drop=0.9, pmae=True, dim=96),
+    ],
+    ids=["dense", "dense-ckpt-b3", "turbo-ckpt-pmae", "turbo0.9-pmae-wide"],
+)
+def test_planner_within_15_percent_of_a_measured_model_core_step(w):
+    measured = probe(w)
+    predicted = core_plan(w).total
+    assert abs(predicted / measured - 1) < 0.15, (predicted / MiB, measured / MiB)
+
+
+def test_planner_within_15_percent_of_a_measured_deepspeed_run(demo_data, tmp_path):  # noqa: F811
+    """A real trainer step (ZeRO-2, small buckets so that activations and states matter)."""
+    from turbo_ds.config import load_config
+    from turbo_ds.engine.ds_config import fill_ds_config, load_ds_config
+    from turbo_ds.plan.from_config import plan_inputs
+    from turbo_ds.plan.measure_run import measure_config
+
+    ds = load_ds_config(ROOT / "ds_configs" / "zero2.json")
+    ds["zero_optimization"].update(reduce_bucket_size=100_000, allgather_bucket_size=100_000)
+    ds_path = tmp_path / "ds.json"
+    ds_path.write_text(json.dumps(ds))
+    model = {"name": "vit_debug", "overrides": {"embed_dim": 96, "depth": 3, "num_heads": 3}}
+    cfg_path = write_config(
+        tiny_config(demo_data, tmp_path / "run", model=model, data={"num_frames": 8}), tmp_path / "c.yaml"
+    )
+    measured = measure_config(str(cfg_path), str(ds_path), [], world=1, steps=2)["peak_bytes"]
+    cfg = load_config(cfg_path)
+    resolved = fill_ds_config(ds, cfg, 1)
+    predicted = plan(*plan_inputs(cfg, resolved, 1, "cpu")).total
+    assert abs(predicted / measured - 1) < 0.15, (predicted / MiB, measured / MiB)
+
+
+# ---- fit questions and the CLI ------------------------------------------------------------------
+def test_largest_finds_the_boundary_of_a_monotone_predicate():
+    assert largest(lambda v: v <= 37, 1, 1000) == 37
+    assert largest(lambda v: v <= 5000, 1, 1000) == 1000
+    assert largest(lambda v: False, 1, 1000) == 0
+
+
+def test_fit_report_on_a_workload_that_fits_and_one_that_does_not():
+    w = tiny_workload(frames=16)
+    counts = count_on_meta(lambda: build_core(w, torch.device("meta")))
+    setup = StateSetup("torch")
+    need = plan(w, counts, setup).total
+    ok = fit_report(w, counts, setup, need + MiB)
+    assert ok.fits and ok.max_micro_batch >= 1 and ok.max_frames >= 16 and not ok.suggestions
+    assert plan(w.replace(batch_size=ok.max_micro_batch), counts, setup).total <= need + MiB
+    assert plan(w.replace(batch_size=ok.max_micro_batch + 1), counts, setup).total > need + MiB
+    long = w.replace(num_frames=256)
+    budget = plan(long.replace(checkpoint_blocks=3), counts, setup).total + MiB // 4
+    tight = fit_report(long, counts, setup, budget)
+    assert not tight.fits and tight.max_frames < 256
+    assert tight.suggestions[0].startswith("model.activation_checkpointing=torch")
+    assert fit_report(long, counts, setup, need).suggestions[0].startswith("nothing tried fits")
+
+
+def run_plan(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "turbo_ds.plan", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_cli_answers_fits_and_does_not_fit(tmp_path):
+    base = [
+        "--config",
+        "configs/k400_vitb16_turbo.yaml",
+        "--ds_config",
+        "ds_configs/zero2.json",
+        "--world",
+        "8",
+    ]
+    out = run_plan(*base, "--gpu-mem", "80GiB", "--json", str(tmp_path / "fits.json"))
+    assert out.returncode == 0, out.stderr
+    fits = json.loads((tmp_path / "fits.json").read_text())
+    assert fits["fit"]["fits"] and "FITS in 80.0 GiB" in out.stdout
+    assert fits["predicted_mb"] == pytest.approx(sum(fits["items_mb"].values()), rel=1e-3)
+    big = ["--set", "data.num_frames=256", "--set", "model.activation_checkpointing=none"]
+    out = run_plan(*base, *big, "--gpu-mem", "16GB", "--json", str(tmp_path / "no.json"))
+    assert out.returncode == 0, out.stderr
+    no = json.loads((tmp_path / "no.json").read_text())
+    assert not no["fit"]["fits"] and "DOES NOT FIT" in out.stdout
+    assert no["fit"]["max_frames"] < 256 and no["fit"]["suggestions"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--gpu-mem", "80 gigs"], "unknown GPU memory size"),
+        (["--set", "optim.global_batch_size=7"], "optim.global_batch_size = 7"),
+        (["--set", "optim.micro_batch_size=0"], "optim.micro_batch_size"),
+        (["--world", "0"], "--world must be >= 1"),
+    ],
+)
+def test_cli_bad_inputs_are_one_line_errors(args, message):
+    out = run_plan("--config", "configs/demo_classification.yaml", *args)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_parse_memory_forms():
+    assert parse_memory("80GiB") == 80 * 2**30
+    assert parse_memory("40GB") == 40 * 10**9
+    assert parse_memory("24576MiB") == 24 * 2**30
+    assert parse_memory("24") == 24 * 2**30
+    assert parse_memory("A100-80GB") == 80 * 2**30
+    with pytest.raises(ValueError, match="unknown GPU memory size"):
+        parse_memory("-3GB")
