@@ -3,7 +3,7 @@ PY     := .venv/bin/python
 PIP    := .venv/bin/pip
 STAMP  := .venv/.installed
 
-.PHONY: setup test lint format demo demo-vlp demo-long demo-long-pretrain bench-model bench-data bench-train bench-vlp gpu-bundle gpu-check clean
+.PHONY: setup test lint format demo demo-vlp demo-long demo-long-pretrain bench-model bench-data bench-train bench-vlp bench-frames bench-plan gpu-bundle gpu-check clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,15 @@ format: setup
 
 bench-model: setup
 	$(PY) scripts/bench_model.py --preset cpu --json docs/bench_model.json
+
+# Longest clip per memory budget, dense vs Turbo (+ checkpointing), measured, planner beside each row.
+bench-frames: setup
+	$(PY) scripts/bench_frames.py --json docs/bench_frames.json --plot docs/bench_frames.png
+
+# The memory planner against real DeepSpeed steps of configs it was not tuned on.
+bench-plan: setup
+	test -f $(DEMO_STAMP) || $(PY) -m data_index demo --out demo_data
+	$(PY) scripts/bench_plan.py --json docs/bench_plan.json
 
 bench-data: setup
 	$(PY) scripts/bench_data.py --workers 2 --json docs/bench_data.json
