@@ -190,6 +190,10 @@ def test_mlflow_run_has_params_metrics_artifacts(run_a):
         assert [m.step for m in hist] == list(range(1, STEPS + 1)), key
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/top1")] == [4, STEPS]
     assert {"test/top1", "test/top5"} <= set(run.data.metrics)
+    # The planner's prediction beside the measured peak of the first step (same config, per rank).
+    (pred,) = client.get_metric_history(run.info.run_id, "memory/predicted_peak_mb")
+    (meas,) = client.get_metric_history(run.info.run_id, "memory/measured_peak_mb")
+    assert pred.step == meas.step == 0 and abs(pred.value / meas.value - 1) < 0.15
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "ds_config.json", "final_metrics.json"} <= arts
     assert run.info.status == "FINISHED"

@@ -90,8 +90,17 @@ def run(args) -> dict:
             f"{verdict} in {budget / 2**30:.1f} GiB ({usable / 2**30:.1f} GiB usable after the {reserve / 2**30:.1f} GiB reserve): "
             f"headroom {rep.headroom_bytes / 2**20:,.0f} MiB"
         )
-        print(f"  largest micro batch that fits: {rep.max_micro_batch} (at {workload.num_frames} frames)")
-        print(f"  largest frame count that fits: {rep.max_frames} (at micro batch {workload.batch_size})")
+        from turbo_ds.plan.fit import MAX_BATCH, MAX_FRAMES
+
+        def capped(v: int, cap: int) -> str:
+            return f">= {v} (the search's cap)" if v >= cap - workload.vit.tubelet_size else str(v)
+
+        print(
+            f"  largest micro batch that fits: {capped(rep.max_micro_batch, MAX_BATCH)} (at {workload.num_frames} frames)"
+        )
+        print(
+            f"  largest frame count that fits: {capped(rep.max_frames, MAX_FRAMES)} (at micro batch {workload.batch_size})"
+        )
         for s in rep.suggestions:
             print(f"  would fit with {s}")
         out["fit"] = rep.to_dict()

@@ -47,6 +47,7 @@ GPUS = {
     "b200": 178 * 2**30,
 }
 DROP_RATIOS = (0.5, 0.75, 0.9, 0.95)
+MAX_BATCH, MAX_FRAMES = 4096, 16384  # search caps
 
 
 def parse_memory(text: str) -> int:
@@ -105,8 +106,8 @@ def fit_report(
     counts: ParamCounts,
     setup: StateSetup,
     budget: int,
-    max_batch: int = 4096,
-    max_frames: int = 4096,
+    max_batch: int = MAX_BATCH,
+    max_frames: int = MAX_FRAMES,
 ) -> FitReport:
     """Check ``workload`` against ``budget`` bytes per rank and search the batch / frames / drop ratio."""
 
@@ -155,8 +156,9 @@ def fixes(workload: Workload, total: Callable[[Workload], int], budget: int) -> 
 
 def describe(plan_: MemoryPlan) -> str:
     """The itemised table the CLI prints."""
-    lines = [f"{'item':<40} {'MiB':>12}"]
+    width = max(len(k) for k in plan_.items) + 2
+    lines = [f"  {'item':<{width}} {'MiB':>10}"]
     for k, v in plan_.items.items():
-        lines.append(f"{k:<40} {v / 2**20:>12,.1f}")
-    lines.append(f"{'predicted peak per rank (' + plan_.phase + ')':<40} {plan_.total_mb:>12,.1f}")
+        lines.append(f"  {k:<{width}} {v / 2**20:>10,.1f}")
+    lines.append(f"  {'predicted peak per rank':<{width}} {plan_.total_mb:>10,.1f}   ({plan_.phase})")
     return "\n".join(lines)
