@@ -232,8 +232,10 @@ class LongVideoTask(Task):
 
     def eval_specs(self, split: str | None = None) -> list[EvalSpec]:
         modes = self.options.eval_modes
-        if split is not None:  # scripts/eval.py --split S: every configured mode on S
-            return [self._eval_spec(split, m, True) for m in modes]
+        if split is not None:
+            # scripts/eval.py --split S writes every spec under one prefix (eval_S): the first mode
+            # only, chosen with --set task.eval_modes=[MODE].
+            return [self._eval_spec(split, modes[0], True)]
         d = self.cfg.data
         specs = []
         if d.val_split:
@@ -246,6 +248,7 @@ class LongVideoTask(Task):
         if f"{prefix}/top1" not in metrics:
             return None
         mode = prefix.rsplit("_", 1)[-1]
+        mode = mode if mode in MODE_NAMES else self.options.eval_modes[0]  # scripts/eval.py's eval_S
         return (
             f"{prefix} top-1 {metrics[f'{prefix}/top1']:.2f}% (chance {100.0 / max(1, self.num_classes):.1f}%) "
             f"on {int(metrics.get(f'{prefix}/num_samples', 0))} videos x {self.options.eval_num_frames} frames "
