@@ -222,3 +222,48 @@ def test_config_needs_only_the_standard_library():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0.0003"
+
+
+def test_bench_frames_and_the_planner_run_with_torch_only(torch_only_env, tmp_path):
+    """What scripts/gpu_check.sh runs on the GPU machine: bench_frames (its probes in subprocesses)
+    and the planner on a config given as a dict (YAML is hidden here too)."""
+    out = tmp_path / "frames.json"
+    run(
+        [
+            "scripts/bench_frames.py",
+            "--preset",
+            "smoke",
+            "--settings",
+            "dense",
+            "turbo 0.9 + ckpt",
+            "--json",
+            str(out),
+        ],
+        torch_only_env,
+        timeout=300,
+    )
+    rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["turbo 0.9 + ckpt"]["max_frames"] > rows["dense"]["max_frames"] > 0
+    for r in rows.values():
+        assert r["measured_mb"] <= r["budget_mb"] and abs(r["error_pct"]) < 15
+    code = textwrap.dedent(
+        """
+        import json
+        from turbo_ds.config import config_from_dict
+        from turbo_ds.engine.ds_config import fill_ds_config, load_ds_config
+        from turbo_ds.plan import plan
+        from turbo_ds.plan.from_config import plan_inputs
+
+        cfg = config_from_dict({
+            "model": {"name": "vit_base_patch16", "activation_checkpointing": "torch"},
+            "token_dropout": {"drop_ratio": 0.75}, "pmae": {"enabled": True},
+            "data": {"num_frames": 16, "img_size": 224}, "task": {"num_classes": 400},
+            "optim": {"micro_batch_size": 8}, "train": {"max_steps": 10},
+        })
+        ds = fill_ds_config(load_ds_config("ds_configs/zero2.json"), cfg, 8, bf16_supported=True)
+        p = plan(*plan_inputs(cfg, ds, 8, "cuda"))
+        print(json.dumps({"mb": p.total_mb, "params": p.counts.total, "precision": p.workload.precision}))
+        """
+    )
+    res = json.loads(run(["-c", code], torch_only_env).stdout.strip().splitlines()[-1])
+    assert res["precision"] == "bf16" and 85e6 < res["params"] < 100e6 and res["mb"] > 0

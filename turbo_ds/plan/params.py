@@ -22,6 +22,12 @@ class ParamCounts:
     largest_layer: int = 0
     sizes: list[int] = field(default_factory=list)
     """numel of every parameter (ZeRO-3 keeps those under its persistence threshold whole)."""
+    trainable_sizes: list[int] = field(default_factory=list)
+    """numel of every trainable parameter (each gradient is allocated whole)."""
+
+    @property
+    def largest_trainable(self) -> int:
+        return max(self.trainable_sizes, default=0)
 
     def small(self, threshold: int) -> int:
         """Parameters in tensors of at most ``threshold`` elements."""
@@ -52,7 +58,8 @@ def count_params(model: nn.Module) -> ParamCounts:
         )
     largest = max((_numel(m.parameters(recurse=False), False) for m in model.modules()), default=0)
     sizes = [p.numel() for p in params]
-    return ParamCounts(total, trainable, blocks, trainable - in_blocks_or_before, largest, sizes)
+    grads = [p.numel() for p in params if p.requires_grad]
+    return ParamCounts(total, trainable, blocks, trainable - in_blocks_or_before, largest, sizes, grads)
 
 
 def count_on_meta(build) -> ParamCounts:

@@ -90,6 +90,16 @@ def plan(
     if acts.grads_bytes:
         backward["gradients (so far in backward)"] = acts.grads_bytes
     step = {**states.items, **states.step_items}
+    if setup.engine == "deepspeed" and setup.stage >= 2:
+        # Each gradient is allocated whole in the model dtype, then copied into a bucket and freed:
+        # the largest one (a text tower's token embedding, say) is a transient of its own; one larger
+        # than the bucket is reduced on its own and kept until the step.
+        s = BYTES[setup.precision]
+        bucket = int(setup.zero_key("reduce_bucket_size"))
+        oversize = sum(n for n in counts.trainable_sizes if n > bucket) * s
+        backward["gradients in flight"] = max(oversize, counts.largest_trainable * s)
+        if oversize:
+            step["gradients larger than the bucket"] = oversize
     if g:
         step["gradients"] = counts.trainable * g
     tmp = optimizer_temporaries(counts, setup, workload.device)
