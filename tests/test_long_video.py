@@ -250,7 +250,7 @@ def test_long_video_trains_and_evaluates_every_mode(demo_data, tmp_path):  # noq
     cfg = write_config(_long_config(demo_data, out, task), tmp_path / "cfg.yaml")
     proc = launch(
         ["scripts/train.py", "--ds_config", "ds_configs/zero2.json", "--config", str(cfg)]
-        + ["--set", "model.activation_checkpointing=torch"],
+        + ["--set", "model.activation_checkpointing=torch", "--set", "checkpoint.save_final=true"],
         nprocs=1,
     )
     final = json.loads((out / "final_metrics.json").read_text())
@@ -263,6 +263,16 @@ def test_long_video_trains_and_evaluates_every_mode(demo_data, tmp_path):  # noq
     assert mid and all(not any(k.startswith(("val_chunked", "val_draws")) for k in h) for h in mid)
     resolved = (out / "config.yaml").read_text()
     assert "eval_draw_ratio: 0.75" in resolved and "num_classes: 4" in resolved
+    # scripts/eval.py runs every mode on the checkpoint, each under its own prefix, with the same result.
+    launch(
+        ["scripts/eval.py", "--checkpoint", str(out / "checkpoints"), "--split", "val"]
+        + ["--output_dir", str(tmp_path / "ev"), "--set", "tracking.enabled=false"],
+        nprocs=1,
+    )
+    got = json.loads((tmp_path / "ev" / "eval_val_metrics.json").read_text())
+    for mode in ("full", "chunked", "draws", "offsets"):
+        assert got[f"eval_val_{mode}/top1"] == final[f"val_{mode}/top1"], mode
+        assert got[f"eval_val_{mode}/loss"] == pytest.approx(final[f"val_{mode}/loss"], rel=1e-4), mode
 
 
 def test_two_stage_trains_on_the_same_data(demo_data, tmp_path):  # noqa: F811

@@ -137,10 +137,16 @@ def _iterate(loader) -> Iterator[dict[str, Any]]:
 
 @torch.no_grad()
 def evaluate(
-    engine, loader, evaluator=None, max_batches: int | None = None, prefix: str = "val"
+    engine,
+    loader,
+    evaluator=None,
+    max_batches: int | None = None,
+    prefix: str = "val",
+    batch_keys: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Run the task on every batch of this rank's share of a split, feed ``evaluator`` (default: a
-    weighted mean of losses and metrics) and return its cross-rank result as ``{prefix}/name``.
+    """Run the task on every batch of this rank's share of a split (with ``batch_keys`` added to each,
+    see ``EvalSpec.batch_keys``), feed ``evaluator`` (default: a weighted mean of losses and metrics)
+    and return its cross-rank result as ``{prefix}/name``.
 
     All ranks run the same number of forwards (ZeRO-3 gathers parameters collectively): a rank whose
     share is exhausted repeats its last batch, and that output is not given to the evaluator.
@@ -163,7 +169,7 @@ def evaluate(
             if batch is None:  # this rank has no samples at all: nothing to run collectively with
                 continue
             last = batch
-            out = engine(engine.to_device(batch))
+            out = engine(engine.to_device({**batch, **(batch_keys or {})}))
             if not padding:
                 evaluator.update(batch, out)
     result = {f"{prefix}/{k}": float(v) for k, v in evaluator.compute(engine).items()}
@@ -336,6 +342,7 @@ class Trainer:
                     spec.make_evaluator(),
                     self.cfg.train.eval_max_batches,
                     prefix=spec.metric_prefix,
+                    batch_keys=spec.batch_keys,
                 )
             )
         return metrics
@@ -718,15 +725,20 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError(f"task {cfg.task.name!r} has no evaluation for split {split!r}")
     engine = Engine(task, ds, cfg)
     out_dir = Path(cfg.output_dir)
-    prefix = f"eval_{split}"
+    # One evaluation: eval_{split}/...; several that name their own prefix (long_video's modes):
+    # eval_{their prefix}/..., so that none overwrites another.
+    prefixes = [f"eval_{s.metric_prefix}" if len(specs) > 1 and s.prefix else f"eval_{split}" for s in specs]
     metrics: dict[str, float] = {}
-    for spec in specs:
+    for spec, prefix in zip(specs, prefixes, strict=True):
         loader = build_loader(cfg, spec.data, spec.split, rank, world, out_dir)
-        metrics.update(evaluate(engine, loader, spec.make_evaluator(), prefix=prefix))
+        metrics.update(
+            evaluate(engine, loader, spec.make_evaluator(), prefix=prefix, batch_keys=spec.batch_keys)
+        )
     if engine.is_rank_0:
         print(f"[turbo_ds] {source} on split '{split}':", flush=True)
-        for line in (task.summary(metrics, prefix) or "").splitlines():
-            print(f"[turbo_ds]   {line}", flush=True)
+        for prefix in dict.fromkeys(prefixes):
+            for line in (task.summary(metrics, prefix) or "").splitlines():
+                print(f"[turbo_ds]   {line}", flush=True)
         write_json(metrics, out_dir / f"eval_{split}_metrics.json")
     t = cfg.tracking
     tracker = create_tracker(

@@ -121,6 +121,9 @@ class EvalSpec:
     """Run every ``train.eval_every`` steps (else only at the end of training)."""
     name: str = "eval"
     """What it measures, for log lines (``retrieval``, ``alignment``, ``multi-view``...)."""
+    batch_keys: dict[str, Any] = field(default_factory=dict)
+    """Added to every batch of this evaluation: what the task's forward needs to know about it
+    (e.g. ``{"eval_mode": "chunked"}``), so one task can serve several evaluations of one split."""
 
     @property
     def metric_prefix(self) -> str:

@@ -172,8 +172,8 @@ class ModeEvaluator(MeanEvaluator):
     def update(self, batch: dict[str, Any], out: TaskOutput) -> None:
         if out.extras.get("eval_mode") != self.mode:
             raise RuntimeError(
-                f"{self.mode} evaluator got an output of mode {out.extras.get('eval_mode')!r}: the loop "
-                "must build an evaluation's evaluator right before running its batches"
+                f"{self.mode} evaluator got an output of mode {out.extras.get('eval_mode')!r}: its batches "
+                "must carry the EvalSpec's batch_keys"
             )
         super().update(batch, out)
 
@@ -192,7 +192,6 @@ class LongVideoTask(Task):
         self.cfg = cfg
         self.mae_weight = float(cfg.task.mae_weight)
         self.num_classes = options.num_classes
-        self.eval_mode: str | None = None  # set when an evaluation starts (see _start_eval)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> LongVideoTask:
@@ -214,28 +213,21 @@ class LongVideoTask(Task):
             kwargs["num_clips"] = self.options.eval_offsets
         return DataSpec(sampler="uniform", train=False, kwargs=kwargs)
 
-    def _start_eval(self, mode: str) -> ModeEvaluator:
-        # The batch does not say which evaluation it belongs to; the loop builds each evaluation's
-        # evaluator right before its batches, so that is where the forward learns its mode.
-        self.eval_mode = mode
-        return ModeEvaluator(mode)
-
     def _eval_spec(self, split: str, mode: str, during_training: bool) -> EvalSpec:
         return EvalSpec(
             split,
             self._eval_data(mode),
-            functools.partial(self._start_eval, mode),
+            functools.partial(ModeEvaluator, mode),
             prefix=f"{split}_{mode}",
             during_training=during_training,
             name=MODE_NAMES[mode],
+            batch_keys={"eval_mode": mode},  # the forward reads it from the batch
         )
 
     def eval_specs(self, split: str | None = None) -> list[EvalSpec]:
         modes = self.options.eval_modes
-        if split is not None:
-            # scripts/eval.py --split S writes every spec under one prefix (eval_S): the first mode
-            # only, chosen with --set task.eval_modes=[MODE].
-            return [self._eval_spec(split, modes[0], True)]
+        if split is not None:  # scripts/eval.py --split S: every mode, as eval_{S}_{mode}
+            return [self._eval_spec(split, m, True) for m in modes]
         d = self.cfg.data
         specs = []
         if d.val_split:
@@ -317,7 +309,7 @@ class LongVideoTask(Task):
                 losses["mae_loss"] = self.mae_weight * out.mae_loss.float()
                 metrics["mae_loss_unweighted"] = out.mae_loss.detach().float()
         else:
-            mode = self.eval_mode or ("offsets" if video.ndim == 6 else "full")
+            mode = batch.get("eval_mode") or ("offsets" if video.ndim == 6 else "full")
             logits = self.eval_logits(video, mode)
             extras["eval_mode"] = mode
         smoothing = self.options.label_smoothing if self.training else 0.0
