@@ -62,7 +62,9 @@ def run(args) -> dict:
     budget = parse_memory(args.gpu_mem) if args.gpu_mem else None
     reserve = parse_memory(args.reserve) if device == "cuda" else 0
     cfg = load_config(args.config, args.overrides)
-    ds_path = args.ds_config or str(Path(__file__).resolve().parents[2] / "ds_configs" / "zero0.json")
+    ds_path = args.ds_config = args.ds_config or str(
+        Path(__file__).resolve().parents[2] / "ds_configs" / "zero0.json"
+    )
     # The trainer's own checks: batch sizes that disagree with the ds_config fail here, as they would there.
     ds = fill_ds_config(load_ds_config(ds_path), cfg, args.world, bf16_supported=device == "cuda")
     workload, counts, setup, notes = plan_inputs(cfg, ds, args.world, device)
