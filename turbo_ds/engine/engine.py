@@ -11,6 +11,7 @@ from typing import Any
 
 import deepspeed
 import deepspeed.comm as dist
+import numpy as np
 import torch
 from torch import nn
 
@@ -171,7 +172,7 @@ class Engine:
         save_dir = Path(save_dir)
         self.ds.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
         if rank_state is not None:
-            torch.save(rank_state, save_dir / tag / f"rank_state_{self.rank:05d}.pt")
+            torch.save(to_plain(rank_state), save_dir / tag / f"rank_state_{self.rank:05d}.pt")
         self.barrier()
         if self.is_rank_0:
             tmp = save_dir / f".{LATEST}.tmp"
@@ -205,10 +206,46 @@ class Engine:
             raise FileNotFoundError(f"no DeepSpeed checkpoint found under {load_dir} (tag={tag})")
         tag_dir = Path(path) if Path(path).is_dir() else Path(path).parent
         rank_file = tag_dir / f"rank_state_{self.rank:05d}.pt"
-        rank_state = (
-            torch.load(rank_file, weights_only=False) if rank_file.exists() and not universal else None
-        )
+        rank_state = load_rank_state(rank_file) if rank_file.exists() and not universal else None
         return client_state or {}, rank_state
+
+
+# ---------------------------------------------------------------------- per-rank state, without pickle
+_NDARRAY = "__ndarray__"
+
+
+def to_plain(obj: Any) -> Any:
+    """``obj`` with numpy arrays / scalars replaced by plain lists / numbers, so that the file loads with
+    ``torch.load(weights_only=True)`` (tensors, dicts, lists, tuples, numbers and strings only)."""
+    if isinstance(obj, np.ndarray):
+        return {_NDARRAY: obj.tolist(), "dtype": obj.dtype.str, "shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj)
+    return obj
+
+
+def from_plain(obj: Any) -> Any:
+    """Inverse of :func:`to_plain` (arrays come back with their dtype and shape, bit for bit)."""
+    if isinstance(obj, dict):
+        if _NDARRAY in obj:
+            return np.array(obj[_NDARRAY], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
+        return {k: from_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(from_plain(v) for v in obj)
+    return obj
+
+
+def load_rank_state(path: str | Path) -> dict[str, Any]:
+    """A rank's RNG and loader state, read with ``weights_only=True`` (no code runs). Files written before
+    :func:`to_plain` hold numpy arrays: those few numpy globals, and nothing else, are allowed for them."""
+    core = np._core if hasattr(np, "_core") else np.core  # numpy 2 / 1
+    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    with torch.serialization.safe_globals(allowed):
+        return from_plain(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def resolve_ds_config(
