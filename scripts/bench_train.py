@@ -115,7 +115,7 @@ def table(results: list[dict], args) -> str:
         "",
         f"Turbo / dense: train time x{turbo['train_s'] / dense['train_s']:.2f}, wall time x{turbo['wall_s'] / dense['wall_s']:.2f}, "
         f"val top-1 {turbo['val_top1'] - dense['val_top1']:+.1f} points (target: within 2 points in at most 1/3 of the time).",
-        f"MLflow: `mlflow ui --backend-store-uri sqlite:///{(Path(args.out).resolve() / 'mlflow.db')}` (experiment `bench_train`).",
+        f"MLflow: `mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///{(Path(args.out).resolve() / 'mlflow.db')}` (experiment `bench_train`).",
         "",
     ]
     return "\n".join(lines)

@@ -1,5 +1,5 @@
-"""Export: ZeRO-2 shards (2 ranks) -> fp32 VideoViT weights -> eval.py gives the live model's accuracy;
-universal checkpoint resumes the 2-rank run on 1 rank."""
+"""Export: ZeRO-2 shards (2 ranks) -> fp32 VideoViT weights (safetensors + JSON config) -> eval.py gives
+the live model's accuracy; universal checkpoint resumes the 2-rank run on 1 rank."""
 
 from __future__ import annotations
 
@@ -49,13 +49,31 @@ def trained(tmp_path_factory) -> Path:
 
 
 def test_export_load_eval_matches_live_model(trained, tmp_path):
-    from turbo_ds.engine.export import consolidate, load_exported
-    from turbo_ds.models import VideoViT
+    from safetensors import safe_open
 
-    weights = tmp_path / "vit.pt"
-    launch(
-        ["scripts/export.py", "--checkpoint", str(trained / "checkpoints"), "--out", str(weights)], nprocs=1
+    from turbo_ds.engine.export import consolidate, load_exported
+    from turbo_ds.models import VideoViT, create_model, load_pretrained
+
+    # An old-style ".pt" name: the export is written as safetensors + JSON beside it, and says so.
+    proc = launch(
+        [
+            "scripts/export.py",
+            "--checkpoint",
+            str(trained / "checkpoints"),
+            "--out",
+            str(tmp_path / "vit.pt"),
+        ],
+        nprocs=1,
     )
+    assert "wrote vit.safetensors instead of vit.pt" in proc.stdout and not (tmp_path / "vit.pt").exists()
+    weights, config = tmp_path / "vit.safetensors", tmp_path / "vit.json"
+    meta = json.loads(config.read_text())
+    assert meta["format"] == "turbo_ds" and meta["weights"] == "vit.safetensors" and meta["step"] == STEPS
+    assert meta["task"] == "classification" and meta["vit_config"]["num_classes"] == 4
+    assert meta["train_config"]["train"]["max_steps"] == STEPS
+    with safe_open(str(weights), framework="pt") as f:  # tensors only: the task's state dict
+        assert f.metadata()["format"] == "turbo_ds" and "model.encoder.head.weight" in f.keys()  # noqa: SIM118
+
     model = load_exported(weights)
     assert isinstance(model, VideoViT) and not model.training and model.cfg.num_classes == 4
     sd, _ = consolidate(trained / "checkpoints")
@@ -63,6 +81,12 @@ def test_export_load_eval_matches_live_model(trained, tmp_path):
     with torch.no_grad():
         logits = model(torch.randn(2, 3, 4, 32, 32))
     assert logits.shape == (2, 4)
+    # model.pretrained reads the same export (given as its .safetensors or its .json), no opt-in needed.
+    for source in (weights, config):
+        fresh = create_model("vit_debug", num_frames=4, img_size=32, num_classes=4)
+        report = load_pretrained(fresh, source)
+        assert report.missing == [] and report.unexpected == []
+        assert torch.equal(fresh.head.weight, model.head.weight)
 
     proc = launch(
         [

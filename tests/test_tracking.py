@@ -41,7 +41,7 @@ def test_run_params_metrics_artifacts_and_resume(tmp_path, monkeypatch):
     assert [m.value for m in c.get_metric_history(t.run_id, "train/loss")] == [2.0, 1.0]
     assert [a.path for a in c.list_artifacts(t.run_id)] == ["config.yaml"]
     assert run.info.status == "FINISHED"
-    assert t.ui_command() == f"mlflow ui --backend-store-uri {t.tracking_uri}"
+    assert t.ui_command() == f"mlflow ui --host 127.0.0.1 --backend-store-uri {t.tracking_uri}"
     # a run id the store does not know starts a new run instead of failing
     t3 = create_tracker(True, True, tmp_path / "elsewhere", "exp", run_id=t.run_id)
     assert t3.run_id != t.run_id

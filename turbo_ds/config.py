@@ -62,7 +62,11 @@ class ModelConfig:
     pretrained: str | None = None
     """Path to pretrained weights (VideoMAE / timm / open_clip / our export), loaded before training."""
     pretrained_format: str = "auto"
-    """Format of ``pretrained``: auto, videomae, timm, open_clip."""
+    """Format of ``pretrained``: auto, videomae, timm, open_clip, turbo_ds."""
+    pretrained_trust_pickle: bool = False
+    """Allow a ``pretrained`` file that pickles objects beyond tensors (e.g. VideoMAE's checkpoints with
+    their argparse namespace). Unpickling can run any code: only for files you trust. Without it such a
+    file is refused; safetensors and plain tensor files never need it."""
     inflation: str = "center"
     """How 2D patch weights are inflated to tubelets: center or average."""
     activation_checkpointing: str = "none"

@@ -160,7 +160,7 @@ class MlflowTracker(NullTracker):
         self.client.set_terminated(self.run_id, status=status)
 
     def ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+        return f"mlflow ui --host 127.0.0.1 --backend-store-uri {self.tracking_uri}"
 
 
 def create_tracker(

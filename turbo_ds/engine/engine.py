@@ -241,9 +241,10 @@ def from_plain(obj: Any) -> Any:
 
 def load_rank_state(path: str | Path) -> dict[str, Any]:
     """A rank's RNG and loader state, read with ``weights_only=True`` (no code runs). Files written before
-    :func:`to_plain` hold numpy arrays: those few numpy globals, and nothing else, are allowed for them."""
+    :func:`to_plain` hold numpy arrays and scalars: those numpy globals, and nothing else, are allowed."""
     core = np._core if hasattr(np, "_core") else np.core  # numpy 2 / 1
-    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    dtypes = [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.bool_)]
+    allowed = [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtypes]
     with torch.serialization.safe_globals(allowed):
         return from_plain(torch.load(path, map_location="cpu", weights_only=True))
 

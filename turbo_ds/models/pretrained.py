@@ -1,7 +1,9 @@
 """Load image and video ViT checkpoints into a VideoViT.
 
 Formats: `videomae` (keys under `encoder.`, separate q/v biases), `timm` image ViTs, `open_clip` ViT
-image towers, and `turbo_ds` (this package's own keys). Each is first renamed to VideoViT's keys, then
+image towers, and `turbo_ds` (this package's own keys, e.g. a `scripts/export.py` safetensors export).
+Files are read without running code: safetensors, or `torch.load(weights_only=True)`; a pickle that needs
+more loads only with `weights_only=False` (config `model.pretrained_trust_pickle`). Each is first renamed to VideoViT's keys, then
 adapted: 2D patch kernels are inflated to 3D tubelets (`center` or `average`), position tables are split
 into spatial / temporal parts and interpolated to the model's grid. Missing and unexpected keys are
 reported; a shape that still differs is an error naming the key and both shapes.
@@ -9,11 +11,13 @@ reported; a shape that still differs is an error naming the key and both shapes.
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,23 +50,60 @@ class LoadReport:
         return "; ".join(parts)
 
 
+TRUST_PICKLE_HINT = (
+    "if you trust whoever wrote it, opt in with model.pretrained_trust_pickle=true (config), "
+    "--trust-pickle (scripts/eval.py, scripts/export.py) or weights_only=False (Python)"
+)
+
+
+def torch_load(path: str | Path, weights_only: bool = True) -> Any:
+    """``torch.load`` onto the CPU. With ``weights_only`` (the default) only tensors and plain containers
+    are unpickled, so no code in the file can run; a file that pickles other objects raises a ValueError
+    naming the opt-in. ``weights_only=False`` runs whatever the pickle holds: trusted files only."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as err:
+        why = next((ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln), type(err).__name__)
+        raise ValueError(
+            f"{path}: refused to load: it pickles Python objects, not only tensors ({why}), and unpickling "
+            f"them can run any code; {TRUST_PICKLE_HINT}. Prefer safetensors (scripts/export.py writes it)"
+        ) from err
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, header metadata) of a ``.safetensors`` file: plain data, nothing to execute."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+
+
+def _read_file(path: Path, weights_only: bool) -> Any:
+    if path.suffix == ".json":  # the config of a turbo_ds export: its weights file lies beside it
+        meta = json.loads(path.read_text())
+        if meta.get("format") != "turbo_ds" or "weights" not in meta:
+            raise ValueError(f"{path}: not a turbo_ds export config (no format: turbo_ds / weights)")
+        path = path.parent / meta["weights"]
+    if path.suffix == ".safetensors":
+        sd, meta = read_safetensors(path)
+        prefix = meta.get("encoder_prefix") if meta.get("format") == "turbo_ds" else None
+        if prefix:  # a turbo_ds export holds the task's state dict: the encoder is under its prefix
+            sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        return sd
+    return torch_load(path, weights_only)
+
+
 def read_state_dict(
     source: str | Path | Mapping[str, torch.Tensor], weights_only: bool = True
 ) -> dict[str, torch.Tensor]:
     """A flat state dict from a path or mapping, unwrapping `model` / `module` / `state_dict` containers.
 
-    Files are read with `torch.load(weights_only=True)`; training checkpoints that pickle other objects
-    (VideoMAE stores its argparse namespace) need `weights_only=False`, for files you trust.
+    `.safetensors` files (and a turbo_ds export, given as its `.safetensors` or `.json`) hold only
+    tensors. Other files are read with `torch.load(weights_only=True)`, which unpickles tensors and plain
+    containers only; training checkpoints that pickle other objects (VideoMAE stores its argparse
+    namespace) need `weights_only=False`, for files you trust: otherwise a ValueError names the opt-in.
     """
-    sd = source
-    if isinstance(source, (str, Path)):
-        try:
-            sd = torch.load(source, map_location="cpu", weights_only=weights_only)
-        except pickle.UnpicklingError as err:
-            raise ValueError(
-                f"{source}: not a plain weights file ({err.__class__.__name__}); if you trust it, "
-                "pass weights_only=False"
-            ) from err
+    sd = _read_file(Path(source), weights_only) if isinstance(source, (str, Path)) else source
     for wrapper in ("model", "module", "state_dict"):
         if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
             sd = sd[wrapper]
@@ -238,7 +279,8 @@ def load_pretrained(
     """Load `source` into `model` (a VideoViT, or a module with an `.encoder` VideoViT).
 
     `exclude`: key prefixes (after renaming) to leave out, e.g. `("head.",)` to fine-tune on new
-    classes. `weights_only=False` allows pickled training checkpoints (trusted files only). Raises
+    classes. `weights_only=False` allows pickled training checkpoints (trusted files only: unpickling
+    can run code). Raises
     ValueError listing every key whose shape still differs after adaptation.
     """
     vit = model.encoder if not isinstance(model, VideoViT) and hasattr(model, "encoder") else model

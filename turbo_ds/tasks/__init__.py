@@ -45,7 +45,13 @@ def build_model(cfg: TrainConfig, num_classes: int = 0, proj_dim: int | None = N
         overrides["proj_dim"] = proj_dim
     encoder = create_model(m.name, **overrides)
     if m.pretrained:
-        report = load_pretrained(encoder, m.pretrained, fmt=m.pretrained_format, inflation=m.inflation)
+        report = load_pretrained(
+            encoder,
+            m.pretrained,
+            fmt=m.pretrained_format,
+            inflation=m.inflation,
+            weights_only=not m.pretrained_trust_pickle,
+        )
         print(f"[turbo_ds] loaded pretrained weights from {m.pretrained}: {report}", flush=True)
     pmae = None
     if cfg.pmae.enabled:

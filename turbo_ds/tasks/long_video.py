@@ -131,7 +131,12 @@ def build_model_fresh_head(cfg: TrainConfig, num_classes: int) -> TurboModel:
     model = build_model(dataclasses.replace(cfg, model=dataclasses.replace(m, pretrained=None)), num_classes)
     if m.pretrained:
         report = load_pretrained(
-            model.encoder, m.pretrained, fmt=m.pretrained_format, inflation=m.inflation, exclude=("head.",)
+            model.encoder,
+            m.pretrained,
+            fmt=m.pretrained_format,
+            inflation=m.inflation,
+            exclude=("head.",),
+            weights_only=not m.pretrained_trust_pickle,
         )
         if {"pos_embed_spatial", "pos_embed_temporal"} <= set(report.missing):
             start_learned_tables_at_sincos(model.encoder)

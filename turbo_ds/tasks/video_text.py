@@ -201,6 +201,7 @@ class VideoTextTask(Task):
             context_length=opts.context_length,
             mode=opts.text_mode,
             last_n=opts.text_last_n,
+            weights_only=not cfg.model.pretrained_trust_pickle,
         )
         model = build_model(cfg, num_classes=0, proj_dim=text.embed_dim)
         return cls(model, text, opts, cfg)
