@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from turbo_ds.cli import run_cli  # noqa: E402
 from turbo_ds.trainer import eval_main  # noqa: E402
 
 if __name__ == "__main__":
-    eval_main()
+    sys.exit(run_cli(eval_main))

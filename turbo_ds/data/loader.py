@@ -35,6 +35,13 @@ class ResumableDataLoader(DataLoader):
     def failure_summary(self) -> dict:
         return self.dataset.failures.summary()
 
+    def close(self) -> None:
+        """Stop the worker processes now (persistent workers otherwise live until garbage collection)."""
+        it = getattr(self, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._iterator = None
+
 
 def build_dataloader(
     index_path: str | os.PathLike,

@@ -84,6 +84,29 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def destroy() -> None:
-    if torch.distributed.is_initialized():
+def destroy(barrier: bool = True, verbose: bool = False) -> bool:
+    """Tear the default process group down while the interpreter is fully alive; returns whether there
+    was one. Call it once per process at the end of a run, after the last collective.
+
+    ``barrier`` first waits for every rank, so no rank destroys its group while a peer still talks to
+    it. Without it (a failing run: a peer may never arrive) only this process's side is torn down. A
+    gloo group left for interpreter finalization can abort the process with SIGABRT ("terminate
+    called without an active exception"): its worker threads still hold work whose tensors need the
+    GIL while the interpreter is going away. Goes through ``deepspeed.comm`` so that DeepSpeed drops
+    its cached groups too. ``verbose`` prints a line per rank once the group is gone.
+    """
+    if not torch.distributed.is_initialized():
+        return False
+    if barrier and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+    try:
+        import deepspeed.comm as dist
+    except ImportError:
+        dist = None
+    if dist is not None and dist.is_initialized():
+        dist.destroy_process_group()
+    if torch.distributed.is_initialized():  # a group deepspeed.comm does not know of
         torch.distributed.destroy_process_group()
+    if verbose:
+        print(f"[turbo_ds] rank {env_rank()}: process group destroyed", flush=True)
+    return True

@@ -1,0 +1,59 @@
+"""Exit statuses of the command-line entry points (``scripts/train.py``, ``scripts/eval.py``).
+
+0: the run finished. 2: a config or input error (an unknown config key, a ds_config that disagrees with
+the config, a missing index or checkpoint): rank 0 prints ``turbo_ds: error: <message>`` on stderr and
+no traceback, the other ranks exit quietly with the same status; ``--debug`` prints the traceback too.
+1: anything else, with its traceback. A failing run tears down its process group without waiting for
+the other ranks (a peer may never arrive); a finished run waits for all of them first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from turbo_ds.config import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+# Packages whose ValueErrors are checks written for a user; a ValueError raised inside a library is a
+# bug or an unexpected state and keeps its traceback.
+_OWN_PACKAGES = ("turbo_ds", "data_index")
+
+
+def is_usage_error(exc: BaseException) -> bool:
+    """A config or input error: a ConfigError, a missing file, or a ValueError raised by our own checks."""
+    if isinstance(exc, (ConfigError, FileNotFoundError)):
+        return True
+    if not isinstance(exc, ValueError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return module.split(".", 1)[0] in _OWN_PACKAGES
+
+
+def run_cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)`` and return the exit status (see the module docstring)."""
+    from turbo_ds.engine import distributed
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        main(argv)
+    except Exception as e:
+        with contextlib.suppress(Exception):  # never hide the run's own error behind a teardown one
+            distributed.destroy(barrier=False)
+        if not is_usage_error(e):
+            raise  # the traceback, exit status 1
+        if debug:
+            traceback.print_exc()
+        if distributed.env_rank() == 0:
+            print(f"turbo_ds: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    return EXIT_OK
