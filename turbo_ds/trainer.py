@@ -674,7 +674,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Evaluate a turbo_ds checkpoint or exported weights on a split.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="DeepSpeed checkpoint folder (with 'latest') or a tag folder")
-    src.add_argument("--weights", help="file written by scripts/export.py")
+    src.add_argument("--weights", help="export written by scripts/export.py (.safetensors or .json)")
     p.add_argument(
         "--config", default=None, help="experiment YAML (default: the config stored with the weights)"
     )
@@ -688,6 +688,11 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", type=int, default=None, help="spatial views, 1 or 3 (default: data.test_crops)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--output_dir", default=None, help="where eval_metrics.json and the MLflow store go")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow weights / checkpoint files that pickle objects beyond tensors (unpickling can run code)",
+    )
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     add_debug_flag(p)
     return p
@@ -699,18 +704,18 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
     from turbo_ds.config import apply_overrides, config_from_dict, upgrade_stored_config
     from turbo_ds.engine import distributed
     from turbo_ds.engine.engine import Engine, resolve_ds_config
-    from turbo_ds.engine.export import ENCODER_PREFIX, consolidate
+    from turbo_ds.engine.export import ENCODER_PREFIX, consolidate, read_export
     from turbo_ds.tasks import build_task, get_task_class
     from turbo_ds.tracking import create_tracker, write_json
 
     args = build_eval_parser().parse_args(argv)
     if args.weights:
-        data = torch.load(args.weights, map_location="cpu", weights_only=False)
+        data = read_export(args.weights, trust_pickle=args.trust_pickle)
         stored_cfg = data["train_config"]
         sd = data.get("task_state_dict") or {ENCODER_PREFIX + k: v for k, v in data["state_dict"].items()}
         source = args.weights
     else:
-        sd, client = consolidate(args.checkpoint)
+        sd, client = consolidate(args.checkpoint, trust_pickle=args.trust_pickle)
         stored_cfg = client["config"]
         source = args.checkpoint
     if args.config:
