@@ -80,7 +80,7 @@ demo-vlp: setup
 # in the paper's two steps: a short-clip model (here motion direction on the demo's 8-frame clips, the
 # role Kinetics plays for Breakfast / COIN; made once) starts a long-video model trained end to end on
 # 64 frames over each whole video, drop 0.75 + Partial-MAE, evaluated on 96 frames in 4 modes.
-DEMO_LONG_PRETRAIN := runs/demo_long_pretrain/vit.pt
+DEMO_LONG_PRETRAIN := runs/demo_long_pretrain/vit.safetensors
 demo-long: setup
 	test -f $(DEMO_STAMP) || $(PY) -m data_index demo --out demo_data
 	test -f $(DEMO_LONG_PRETRAIN) || $(MAKE) demo-long-pretrain
