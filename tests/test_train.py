@@ -243,7 +243,7 @@ def test_single_process_python_zero3(demo_data, tmp_path):
         ],
         nprocs=1,
     )
-    assert "ZeRO stage 3" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert "ZeRO stage 3" in proc.stdout and "mlflow ui --host 127.0.0.1 --backend-store-uri" in proc.stdout
     (s,) = summaries(out, 1)
     assert s["steps"] == [1, 2, 3] and all(math.isfinite(v) for v in s["train_loss"])
     assert (out / "checkpoints" / "latest").read_text() == "global_step3"
