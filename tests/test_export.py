@@ -76,6 +76,8 @@ def test_export_load_eval_matches_live_model(trained, tmp_path):
 
     model = load_exported(weights)
     assert isinstance(model, VideoViT) and not model.training and model.cfg.num_classes == 4
+    # The old name the export was asked for still finds it (readers fall back to the .safetensors).
+    assert torch.equal(load_exported(tmp_path / "vit.pt").head.weight, model.head.weight)
     sd, _ = consolidate(trained / "checkpoints")
     assert torch.equal(model.head.weight, sd["model.encoder.head.weight"])
     with torch.no_grad():

@@ -115,7 +115,7 @@ def test_eval_script_on_a_video_text_checkpoint(vt_run, tmp_path):
 def test_export_then_eval_weights_of_a_video_text_run(vt_run, tmp_path):
     run_a, _ = vt_run
     final = json.loads((run_a / "final_metrics.json").read_text())
-    weights = tmp_path / "vt_fp32.pt"
+    weights = tmp_path / "vt_fp32.safetensors"
     launch(["scripts/export.py", "--checkpoint", str(run_a / "checkpoints"), "--out", str(weights)], nprocs=1)
     launch(
         [

@@ -160,6 +160,12 @@ def read_export(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
     from turbo_ds.models.pretrained import read_safetensors, torch_load
 
     p = Path(path)
+    if p.suffix == ".pt" and not p.exists() and p.with_suffix(".safetensors").exists():
+        # scripts/export.py --out x.pt writes x.safetensors + x.json beside it (and says so)
+        print(
+            f"[turbo_ds] {p} does not exist; reading the export {p.with_suffix('.safetensors')}", flush=True
+        )
+        p = p.with_suffix(".safetensors")
     if p.suffix not in (".safetensors", ".json"):
         data = torch_load(p, weights_only=not trust_pickle)
         if not isinstance(data, dict) or "state_dict" not in data or "train_config" not in data:
