@@ -13,7 +13,7 @@ A checkpointed block keeps only its input (n*d) until backward recomputes it. Ba
 blocks from the last to the first; while it is inside block ``i`` the live memory is: the block
 states, the gradients of every parameter after block ``i``, the saved tensors of blocks ``<= i``
 (inputs only for checkpointed ones, plus block ``i``'s recomputed internals), and the gradient
-buffers of that block's backward (``BACKWARD_EXTRA`` x n*d: the gradient flowing in, the MLP's hidden
+buffers of that block's backward (n*d + n*m: the gradient flowing in, the MLP's hidden
 gradients). The peak is the maximum of that walk. :func:`activation_timeline` returns it itemised.
 """
 
@@ -24,10 +24,6 @@ from dataclasses import dataclass
 from turbo_ds.plan.workload import Workload
 
 FP32 = 4
-# Gradient buffers alive inside one block's backward, in units of n*d: the gradient of the block
-# output (kept for the residual) and, at the GELU, the gradients of its input and output (2*m/d,
-# counted separately below), minus the fc2 input freed just before.
-BACKWARD_EXTRA_ND = 1.0
 
 
 def block_saved_elements(n: int, d: int, m: int) -> int:
@@ -52,7 +48,7 @@ def math_attention_elements(n: int, heads: int) -> int:
 def block_backward_extra_elements(n: int, d: int, m: int) -> int:
     """Gradient buffers alive at the peak inside one block's backward: the incoming gradient (n*d)
     and the MLP hidden gradients (2 * n*m) less the fc2 input already freed (n*m)."""
-    return int(BACKWARD_EXTRA_ND * n * d) + n * m
+    return n * d + n * m
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 
 from turbo_ds.config import TrainConfig
 from turbo_ds.plan.model_states import StateSetup
-from turbo_ds.plan.params import ParamCounts, count_on_meta
+from turbo_ds.plan.params import ParamCounts, count_on_meta, count_params
 from turbo_ds.plan.workload import DecoderShape, Workload
 
 
@@ -98,7 +98,7 @@ def param_counts(cfg: TrainConfig, notes: list[str]) -> ParamCounts:
         from turbo_ds.tasks import build_task
 
         with torch.device("meta"):
-            return _counts_of(build_task(cfg))
+            return count_params(build_task(cfg))
     except Exception as e:  # noqa: BLE001 - any reason the task cannot be built here
         from turbo_ds.tasks import build_model
 
@@ -108,12 +108,6 @@ def param_counts(cfg: TrainConfig, notes: list[str]) -> ParamCounts:
             f"counted the video model alone (head of {n} classes)"
         )
         return count_on_meta(lambda: build_model(cfg, num_classes=n))
-
-
-def _counts_of(model) -> ParamCounts:
-    from turbo_ds.plan.params import count_params
-
-    return count_params(model)
 
 
 def plan_inputs(
@@ -144,8 +138,3 @@ def plan_inputs(
             "gradient accumulation: the peak is one micro batch's (accumulated gradients are model states)"
         )
     return workload, counts, setup, notes
-
-
-def with_changes(workload: Workload, **changes) -> Workload:
-    """``workload`` with ``batch_size``, ``num_frames``, ``drop_ratio`` or ``checkpoint_blocks`` changed."""
-    return workload.replace(**changes) if changes else dataclasses.replace(workload)

@@ -84,17 +84,14 @@ class StateSetup:
 
     @classmethod
     def from_ds_config(cls, ds: dict[str, Any], world: int, device: str = "cuda") -> StateSetup:
+        """From a resolved ds_config (``turbo_ds.engine.ds_config``'s readers: no deepspeed import)."""
+        from turbo_ds.engine.ds_config import offloads_optimizer, precision, zero_stage
+
         zero = dict(ds.get("zero_optimization", {}) or {})
-        precision = (
-            "bf16"
-            if ds.get("bf16", {}).get("enabled")
-            else "fp16"
-            if ds.get("fp16", {}).get("enabled")
-            else "fp32"
+        off_param = (zero.get("offload_param") or {}).get("device", "none") not in ("none", None)
+        return cls(
+            "deepspeed", zero_stage(ds), world, precision(ds), offloads_optimizer(ds), off_param, zero, device
         )
-        off_opt = (zero.get("offload_optimizer") or {}).get("device", "none") not in ("none", None)
-        off_par = (zero.get("offload_param") or {}).get("device", "none") not in ("none", None)
-        return cls("deepspeed", int(zero.get("stage", 0)), world, precision, off_opt, off_par, zero, device)
 
 
 @dataclass

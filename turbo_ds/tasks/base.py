@@ -130,6 +130,13 @@ class EvalSpec:
         return self.prefix or self.split
 
 
+def option_error(key: str, value: Any, why: str):
+    """The ConfigError of a bad ``task.<key>`` option (as every config section words its errors)."""
+    from turbo_ds.config import ConfigError
+
+    return ConfigError(f"config key 'task.{key}' = {value!r}: {why}")
+
+
 @dataclass
 class NoOptions:
     """A task without options of its own."""

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from turbo_ds.config import ConfigError, TrainConfig
+from turbo_ds.config import TrainConfig
 from turbo_ds.models import TurboModel
-from turbo_ds.tasks.base import DataSpec, EvalSpec, MeanEvaluator, Task, TaskOutput
+from turbo_ds.tasks.base import DataSpec, EvalSpec, MeanEvaluator, Task, TaskOutput, option_error
 from turbo_ds.tasks.classification import num_classes_in_index, tokens_per_clip, topk_accuracy
 from turbo_ds.tasks.registry import register_task
 
@@ -43,10 +43,6 @@ MODE_NAMES = {
     "draws": "token-dropout draws, softmax averaged",
     "offsets": "temporal offsets, softmax averaged",
 }
-
-
-def _err(key: str, value: Any, why: str) -> ConfigError:
-    return ConfigError(f"config key 'task.{key}' = {value!r}: {why}")
 
 
 @dataclass
@@ -74,26 +70,30 @@ class LongVideoOptions:
 
     def __post_init__(self) -> None:
         if self.num_classes < 0:
-            raise _err("num_classes", self.num_classes, "must be >= 0")
+            raise option_error("num_classes", self.num_classes, "must be >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise _err("label_smoothing", self.label_smoothing, "must be in [0, 1)")
+            raise option_error("label_smoothing", self.label_smoothing, "must be in [0, 1)")
         if self.eval_num_frames < 0:
-            raise _err("eval_num_frames", self.eval_num_frames, "must be >= 0 (0 = data.num_frames)")
+            raise option_error("eval_num_frames", self.eval_num_frames, "must be >= 0 (0 = data.num_frames)")
         if not self.eval_modes:
-            raise _err("eval_modes", self.eval_modes, f"must name at least one of {', '.join(EVAL_MODES)}")
+            raise option_error(
+                "eval_modes", self.eval_modes, f"must name at least one of {', '.join(EVAL_MODES)}"
+            )
         bad = [m for m in self.eval_modes if m not in EVAL_MODES]
         if bad:
-            raise _err("eval_modes", self.eval_modes, f"unknown {bad}; choose from {', '.join(EVAL_MODES)}")
+            raise option_error(
+                "eval_modes", self.eval_modes, f"unknown {bad}; choose from {', '.join(EVAL_MODES)}"
+            )
         if len(set(self.eval_modes)) != len(self.eval_modes):
-            raise _err("eval_modes", self.eval_modes, "lists a mode twice")
+            raise option_error("eval_modes", self.eval_modes, "lists a mode twice")
         if self.chunk_frames < 0:
-            raise _err("chunk_frames", self.chunk_frames, "must be >= 0 (0 = data.num_frames)")
+            raise option_error("chunk_frames", self.chunk_frames, "must be >= 0 (0 = data.num_frames)")
         if self.eval_draws < 1:
-            raise _err("eval_draws", self.eval_draws, "must be >= 1")
+            raise option_error("eval_draws", self.eval_draws, "must be >= 1")
         if self.eval_draw_ratio is not None and not 0.0 < self.eval_draw_ratio < 1.0:
-            raise _err("eval_draw_ratio", self.eval_draw_ratio, "must be in (0, 1) or null")
+            raise option_error("eval_draw_ratio", self.eval_draw_ratio, "must be in (0, 1) or null")
         if self.eval_offsets < 1:
-            raise _err("eval_offsets", self.eval_offsets, "must be >= 1")
+            raise option_error("eval_offsets", self.eval_offsets, "must be >= 1")
 
 
 def resolve_options(opts: LongVideoOptions, cfg: TrainConfig, tubelet_size: int) -> LongVideoOptions:
@@ -102,16 +102,18 @@ def resolve_options(opts: LongVideoOptions, cfg: TrainConfig, tubelet_size: int)
     t = opts.eval_num_frames or cfg.data.num_frames
     chunk = opts.chunk_frames or cfg.data.num_frames
     if t % tubelet_size:
-        raise _err("eval_num_frames", t, f"must be a multiple of the tubelet size {tubelet_size}")
+        raise option_error("eval_num_frames", t, f"must be a multiple of the tubelet size {tubelet_size}")
     if "chunked" in opts.eval_modes and (chunk % tubelet_size or t % chunk):
-        raise _err(
+        raise option_error(
             "chunk_frames",
             chunk,
             f"must be a multiple of the tubelet size {tubelet_size} and divide eval_num_frames {t}",
         )
     ratio = opts.eval_draw_ratio if opts.eval_draw_ratio is not None else cfg.token_dropout.drop_ratio
     if "draws" in opts.eval_modes and not 0.0 < ratio < 1.0:
-        raise _err("eval_draw_ratio", opts.eval_draw_ratio, "must be set when token_dropout.drop_ratio is 0")
+        raise option_error(
+            "eval_draw_ratio", opts.eval_draw_ratio, "must be set when token_dropout.drop_ratio is 0"
+        )
     return dataclasses.replace(
         opts,
         num_classes=opts.num_classes or num_classes_in_index(cfg),

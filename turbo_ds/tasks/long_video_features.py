@@ -21,17 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from turbo_ds.config import ConfigError, TrainConfig
+from turbo_ds.config import TrainConfig
 from turbo_ds.models.layers import Block
 from turbo_ds.models.pos_embed import resize_temporal
 from turbo_ds.models.vit import VideoViT
-from turbo_ds.tasks.base import DataSpec, EvalSpec, MeanEvaluator, Task, TaskOutput
+from turbo_ds.tasks.base import DataSpec, EvalSpec, MeanEvaluator, Task, TaskOutput, option_error
 from turbo_ds.tasks.classification import num_classes_in_index, topk_accuracy
 from turbo_ds.tasks.registry import register_task
-
-
-def _err(key: str, value: Any, why: str) -> ConfigError:
-    return ConfigError(f"config key 'task.{key}' = {value!r}: {why}")
 
 
 @dataclass
@@ -55,21 +51,21 @@ class TwoStageOptions:
 
     def __post_init__(self) -> None:
         if self.num_classes < 0:
-            raise _err("num_classes", self.num_classes, "must be >= 0")
+            raise option_error("num_classes", self.num_classes, "must be >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise _err("label_smoothing", self.label_smoothing, "must be in [0, 1)")
+            raise option_error("label_smoothing", self.label_smoothing, "must be in [0, 1)")
         if self.clip_frames < 1:
-            raise _err("clip_frames", self.clip_frames, "must be >= 1")
+            raise option_error("clip_frames", self.clip_frames, "must be >= 1")
         if self.eval_num_frames < 0:
-            raise _err("eval_num_frames", self.eval_num_frames, "must be >= 0 (0 = data.num_frames)")
+            raise option_error("eval_num_frames", self.eval_num_frames, "must be >= 0 (0 = data.num_frames)")
         if self.head_dim < 1 or self.head_depth < 0 or self.head_heads < 1:
-            raise _err(
+            raise option_error(
                 "head_dim",
                 (self.head_dim, self.head_depth, self.head_heads),
                 "need dim, heads >= 1, depth >= 0",
             )
         if self.head_dim % self.head_heads:
-            raise _err("head_heads", self.head_heads, f"must divide head_dim {self.head_dim}")
+            raise option_error("head_heads", self.head_heads, f"must divide head_dim {self.head_dim}")
 
 
 class TemporalHead(nn.Module):
@@ -137,7 +133,9 @@ class TwoStageLongVideoTask(Task):
         t_train, t_eval = cfg.data.num_frames, opts.eval_num_frames or cfg.data.num_frames
         for key, t in (("clip_frames", t_train), ("clip_frames", t_eval)):
             if t % opts.clip_frames:
-                raise _err(key, opts.clip_frames, f"must divide data.num_frames and eval_num_frames ({t})")
+                raise option_error(
+                    key, opts.clip_frames, f"must divide data.num_frames and eval_num_frames ({t})"
+                )
         if not cfg.model.pretrained:
             print(
                 "[turbo_ds] long_video_two_stage: model.pretrained is not set, the frozen encoder keeps "

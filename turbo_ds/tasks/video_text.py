@@ -22,19 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from turbo_ds.config import ConfigError, TrainConfig
+from turbo_ds.config import TrainConfig
 from turbo_ds.models import TurboModel
-from turbo_ds.tasks.base import Comm, DataSpec, EvalSpec, Task, TaskOutput
+from turbo_ds.tasks.base import Comm, DataSpec, EvalSpec, Task, TaskOutput, option_error
 from turbo_ds.tasks.classification import tokens_per_clip
 from turbo_ds.tasks.contrastive import info_nce, mil_nce
 from turbo_ds.tasks.registry import register_task
 from turbo_ds.tasks.retrieval_metrics import alignment_chance_r1, alignment_metrics, retrieval_metrics
 
 LOSSES = ("infonce", "milnce")
-
-
-def _err(key: str, value: Any, why: str) -> ConfigError:
-    return ConfigError(f"config key 'task.{key}' = {value!r}: {why}")
 
 
 @dataclass
@@ -84,27 +80,29 @@ class VideoTextOptions:
 
     def __post_init__(self) -> None:
         if self.text_mode not in ("frozen", "last_n", "full"):
-            raise _err("text_mode", self.text_mode, "must be frozen, last_n or full")
+            raise option_error("text_mode", self.text_mode, "must be frozen, last_n or full")
         if self.text_last_n < 1:
-            raise _err("text_last_n", self.text_last_n, "must be >= 1")
+            raise option_error("text_last_n", self.text_last_n, "must be >= 1")
         if self.loss not in LOSSES:
-            raise _err("loss", self.loss, f"must be one of {', '.join(LOSSES)}")
+            raise option_error("loss", self.loss, f"must be one of {', '.join(LOSSES)}")
         if self.num_captions < 1:
-            raise _err("num_captions", self.num_captions, "must be >= 1")
+            raise option_error("num_captions", self.num_captions, "must be >= 1")
         if self.loss == "infonce" and self.num_captions != 1:
-            raise _err("num_captions", self.num_captions, "must be 1 with loss infonce (use loss: milnce)")
+            raise option_error(
+                "num_captions", self.num_captions, "must be 1 with loss infonce (use loss: milnce)"
+            )
         if self.samples_per_video < 1:
-            raise _err("samples_per_video", self.samples_per_video, "must be >= 1")
+            raise option_error("samples_per_video", self.samples_per_video, "must be >= 1")
         if self.jitter_s < 0:
-            raise _err("jitter_s", self.jitter_s, "must be >= 0")
+            raise option_error("jitter_s", self.jitter_s, "must be >= 0")
         if not 0 < self.temperature_init < 1:
-            raise _err("temperature_init", self.temperature_init, "must be in (0, 1)")
+            raise option_error("temperature_init", self.temperature_init, "must be in (0, 1)")
         if self.max_logit_scale < 1.0 / self.temperature_init:
-            raise _err("max_logit_scale", self.max_logit_scale, "must be >= 1 / temperature_init")
+            raise option_error("max_logit_scale", self.max_logit_scale, "must be >= 1 / temperature_init")
         if self.context_length is not None and self.context_length < 2:
-            raise _err("context_length", self.context_length, "must be >= 2 or null")
+            raise option_error("context_length", self.context_length, "must be >= 2 or null")
         if self.align_max_seconds is not None and self.align_max_seconds < 1:
-            raise _err("align_max_seconds", self.align_max_seconds, "must be >= 1 or null")
+            raise option_error("align_max_seconds", self.align_max_seconds, "must be >= 1 or null")
 
 
 # --------------------------------------------------------------------------- evaluators
