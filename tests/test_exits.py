@@ -8,7 +8,7 @@ import fractions
 import subprocess
 
 import pytest
-from test_train import PY, ROOT, _free_port, clean_env, demo_data, tiny_config, write_config  # noqa: F401, F811 (demo_data: fixture)
+from test_train import PY, ROOT, _free_port, clean_env, tiny_config, write_config
 
 from turbo_ds.cli import EXIT_USAGE, is_usage_error, run_cli
 from turbo_ds.config import ConfigError
@@ -89,7 +89,7 @@ def test_which_errors_are_usage_errors():
         run_cli(_raise(RuntimeError("boom")), [])
 
 
-def test_short_two_rank_run_exits_0_and_destroys_the_group(demo_data, tmp_path):  # noqa: F811
+def test_short_two_rank_run_exits_0_and_destroys_the_group(demo_data, tmp_path):
     out = tmp_path / "out"
     cfg = tiny_config(
         demo_data,

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from test_engine import _free_port, set_rank_env
-from test_train import demo_data, launch, tiny_config, write_config  # noqa: F401 (demo_data: fixture)
+from test_train import launch, tiny_config, write_config
 
 from turbo_ds.config import ConfigError, config_from_dict
 from turbo_ds.data.sampling import FrameSampler, uniform_offset_indices, uniform_segment_indices
@@ -237,7 +237,7 @@ def _long_config(data: Path, out: Path, task: dict, **sections) -> dict:
     )
 
 
-def test_long_video_trains_and_evaluates_every_mode(demo_data, tmp_path):  # noqa: F811
+def test_long_video_trains_and_evaluates_every_mode(demo_data, tmp_path):
     out = tmp_path / "out"
     task = {
         "name": "long_video",
@@ -275,7 +275,7 @@ def test_long_video_trains_and_evaluates_every_mode(demo_data, tmp_path):  # noq
         assert got[f"eval_val_{mode}/loss"] == pytest.approx(final[f"val_{mode}/loss"], rel=1e-4), mode
 
 
-def test_two_stage_trains_on_the_same_data(demo_data, tmp_path):  # noqa: F811
+def test_two_stage_trains_on_the_same_data(demo_data, tmp_path):
     out = tmp_path / "out"
     weights = tmp_path / "clip_encoder.pt"
     torch.save(

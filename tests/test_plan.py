@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import demo_data, tiny_config, write_config  # noqa: F401 (demo_data: fixture)
+from test_train import tiny_config, write_config
 
 from turbo_ds.models.config import ViTConfig
 from turbo_ds.plan import DecoderShape, StateSetup, Workload, fit_report, parse_memory, plan
@@ -127,7 +127,7 @@ def test_planner_within_15_percent_of_a_measured_model_core_step(w):
     assert abs(predicted / measured - 1) < 0.15, (predicted / MiB, measured / MiB)
 
 
-def test_planner_within_15_percent_of_a_measured_deepspeed_run(demo_data, tmp_path):  # noqa: F811
+def test_planner_within_15_percent_of_a_measured_deepspeed_run(demo_data, tmp_path):
     """A real trainer step (ZeRO-2, small buckets so that activations and states matter)."""
     from turbo_ds.config import load_config
     from turbo_ds.engine.ds_config import fill_ds_config, load_ds_config

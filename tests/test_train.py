@@ -124,29 +124,6 @@ def summaries(out_dir: Path, world: int) -> list[dict]:
     return [json.loads((out_dir / f"rank_summary_{r}.json").read_text()) for r in range(world)]
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    subprocess.run(
-        [PY, "-m", "data_index", "demo", "--out", str(out), "--size", "tiny"],
-        cwd=ROOT,
-        env=clean_env(),
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
-@pytest.fixture(scope="module")
-def run_a(demo_data, tmp_path_factory) -> Path:
-    """Uninterrupted 2-rank ZeRO-2 run, checkpoints at steps 4 and 8."""
-    work = tmp_path_factory.mktemp("run_a")
-    out = work / "out"
-    cfg = write_config(tiny_config(demo_data, out), work / "cfg.yaml")
-    launch(["scripts/train.py", "--ds_config", "ds_configs/zero2.json", "--config", str(cfg)], nprocs=2)
-    return out
-
-
 def test_two_rank_zero2_loss_falls_and_ranks_agree(run_a):
     s0, s1 = summaries(run_a, 2)
     assert s0["steps"] == list(range(1, STEPS + 1))

@@ -7,8 +7,7 @@ import json
 import math
 
 import pytest
-from test_train import (  # noqa: F401 (demo_data: fixture)
-    demo_data,
+from test_train import (
     launch,
     resume_copy,
     summaries,
@@ -44,7 +43,7 @@ def vt_config(data_dir, out_dir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def vt_run(demo_data, tmp_path_factory):  # noqa: F811
+def vt_run(demo_data, tmp_path_factory):
     work = tmp_path_factory.mktemp("vt_run")
     out = work / "out"
     cfg = write_config(vt_config(demo_data, out), work / "cfg.yaml")

@@ -1,6 +1,8 @@
 """Exit statuses of the command-line entry points (``scripts/train.py``, ``scripts/eval.py``).
 
-0: the run finished. 2: a config or input error (an unknown config key, a ds_config that disagrees with
+0: the run finished. 75: stopped by a scheduler's signal after saving a checkpoint (``train.stop_signals``;
+rank 0 prints ``turbo_ds: stopped by ...``; continue with ``--resume latest``). 124: a rank stalled
+(``train.stall_timeout_s``, see ``turbo_ds.watchdog``). 2: a config or input error (an unknown config key, a ds_config that disagrees with
 the config, a missing index or checkpoint): rank 0 prints ``turbo_ds: error: <message>`` on stderr and
 no traceback, the other ranks exit quietly with the same status; ``--debug`` prints the traceback too.
 1: anything else, with its traceback. A failing run tears down its process group without waiting for
@@ -16,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from turbo_ds.config import ConfigError
+from turbo_ds.preemption import EXIT_PREEMPTED, Preempted
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -46,6 +49,10 @@ def run_cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None)
     debug = "--debug" in argv
     try:
         main(argv)
+    except Preempted as e:  # main has torn the process group down in agreement with every rank
+        if distributed.env_rank() == 0:
+            print(f"turbo_ds: {e}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
     except Exception as e:
         with contextlib.suppress(Exception):  # never hide the run's own error behind a teardown one
             distributed.destroy(barrier=False)

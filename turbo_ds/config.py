@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from turbo_ds.preemption import signal_number
+
 
 class ConfigError(ValueError):
     """A config key is unknown, has the wrong type, or an invalid value."""
@@ -312,6 +314,12 @@ class LoopConfig:
     """Consecutive non-finite losses (each skipped and counted) before the run stops with an error."""
     progress_bar: bool = True
     """tqdm progress bar on rank 0."""
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    """Signals that make every rank save a checkpoint at the next step boundary and exit with status 75
+    (preemption; see docs/training.md). [] leaves the signals' default action (the process dies)."""
+    stall_timeout_s: float = 1800.0
+    """A rank that makes no progress (no batch, no step) for this long exits with status 124 and a line
+    naming the rank and what it waited for (0 = wait forever)."""
 
     def __post_init__(self) -> None:
         _check(self.max_steps > 0, "train.max_steps", self.max_steps, "must be > 0")
@@ -329,6 +337,14 @@ class LoopConfig:
             self.max_nonfinite_in_row,
             "must be > 0",
         )
+        _check(
+            self.stall_timeout_s >= 0, "train.stall_timeout_s", self.stall_timeout_s, "must be >= 0 (0 = off)"
+        )
+        for name in self.stop_signals:
+            try:
+                signal_number(name)
+            except ValueError as e:
+                _check(False, "train.stop_signals", self.stop_signals, str(e))
 
 
 @dataclass

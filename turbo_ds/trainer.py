@@ -16,7 +16,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from turbo_ds.config import TrainConfig, config_to_dict, flatten, load_config, save_config
+from turbo_ds.preemption import Preempted, StopRequest
+from turbo_ds.watchdog import StallWatchdog
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -143,6 +145,7 @@ def evaluate(
     max_batches: int | None = None,
     prefix: str = "val",
     batch_keys: dict[str, Any] | None = None,
+    heartbeat: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Run the task on every batch of this rank's share of a split (with ``batch_keys`` added to each,
     see ``EvalSpec.batch_keys``), feed ``evaluator`` (default: a weighted mean of losses and metrics)
@@ -150,6 +153,7 @@ def evaluate(
 
     All ranks run the same number of forwards (ZeRO-3 gathers parameters collectively): a rank whose
     share is exhausted repeats its last batch, and that output is not given to the evaluator.
+    ``heartbeat(what)`` is called before every batch (see :class:`~turbo_ds.watchdog.StallWatchdog`).
     """
     from turbo_ds.tasks.base import MeanEvaluator
 
@@ -162,6 +166,8 @@ def evaluate(
     it = _iterate(loader)
     with rng_untouched():
         for i in range(n_batches):
+            if heartbeat is not None:
+                heartbeat(f"evaluation '{prefix}' batch {i + 1} of {n_batches} (data, forward, collectives)")
             batch = next(it, None) if i < n_local else None
             padding = batch is None
             if padding:
@@ -187,7 +193,16 @@ class Trainer:
     lines, and sees only ``TaskOutput`` s.
     """
 
-    def __init__(self, cfg: TrainConfig, ds_config: str | Path | dict, resume: str | None = None, task=None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        ds_config: str | Path | dict,
+        resume: str | None = None,
+        task=None,
+        stop_request: StopRequest | None = None,
+    ):
+        """``stop_request``: signal handlers the caller installed before this (slow) setup, so a signal
+        that comes during it still counts; None installs ``train.stop_signals`` for :meth:`fit` only."""
         from turbo_ds.engine import distributed
         from turbo_ds.engine.checkpointing import apply_activation_checkpointing
         from turbo_ds.engine.engine import Engine, resolve_ds_config
@@ -222,6 +237,8 @@ class Trainer:
         self._drop_ratio: float | None = None  # the token dropout ratio last set on the task
         self._eval_loaders: dict[int, Any] = {}
 
+        self.stop_request = stop_request
+        self.watchdog = StallWatchdog(cfg.train.stall_timeout_s, rank)  # started by fit()
         self.step = 0
         self.epoch = 0
         self.nonfinite_total = 0
@@ -250,6 +267,8 @@ class Trainer:
         self.run_id = self.tracker.run_id
         if self.is_rank_0 and self.step == 0:
             self._log_params()
+        elif self.step > 0:
+            self.tracker.set_tags({"turbo_ds.resumed_at_step": self.step})
 
     @property
     def is_rank_0(self) -> bool:
@@ -290,6 +309,7 @@ class Trainer:
 
     def save(self) -> Path:
         tag = f"global_step{self.step}"
+        self.watchdog.beat(f"the checkpoint {tag} (every rank writes its shards, then a barrier)")
         rank_state = {"rng": rng_state(), "data": self.train_loader.state_dict()}
         path = self.engine.save(self.ckpt_dir, tag, self._client_state(), rank_state)
         self.log(f"saved checkpoint {path}")
@@ -343,6 +363,7 @@ class Trainer:
                     self.cfg.train.eval_max_batches,
                     prefix=spec.metric_prefix,
                     batch_keys=spec.batch_keys,
+                    heartbeat=self.watchdog.beat,
                 )
             )
         return metrics
@@ -402,8 +423,15 @@ class Trainer:
         values: dict[str, float] = {}
         tokens = 0.0
         micro = 0
+        workers = self.cfg.data.num_workers
         while micro < accum:
-            out = self._micro_step(next(batches))
+            self.watchdog.beat(f"the next training batch from the DataLoader ({workers} worker(s) per rank)")
+            batch = next(batches)
+            self.watchdog.beat(
+                f"step {self.step + 1}'s forward, backward and optimizer step (collectives with all "
+                f"{self.world_size} rank(s))"
+            )
+            out = self._micro_step(batch)
             if out is None:
                 continue
             micro += 1
@@ -515,8 +543,19 @@ class Trainer:
         t_step = time.perf_counter()
         status = "FAILED"
         first_step = True
+        stop = self.stop_request or StopRequest(tcfg.stop_signals).install()
+        self.watchdog.start()
+        lr = eng.lr
         try:
             while self.step < tcfg.max_steps:
+                self.watchdog.beat("the other ranks at the step boundary (the stop-request all-reduce)")
+                if (signal_name := stop.agreed(eng)) is not None:
+                    if window_n:  # the steps since the last record are not lost from the history
+                        rec = self._window_record(window, window_n, window_time, window_tokens, lr)
+                        self.tracker.log_metrics(rec, step=self.step)
+                        history.append({"step": self.step, **rec})
+                    status = "KILLED"  # MLflow's word for a run stopped from outside
+                    raise self._stop_for(signal_name, history)
                 self._apply_phase()
                 lr = eng.lr
                 if first_step and cfg.tracking.memory_plan:
@@ -562,11 +601,30 @@ class Trainer:
         finally:
             # Teardown in order: the loaders' worker processes, then the MLflow run (the process
             # group goes last, in main, once every rank is here).
+            self.watchdog.stop()
+            if self.stop_request is None:
+                stop.restore()
             batches.close()
             self.close_loaders()
             if bar is not None:
                 bar.close()
             self.tracker.finish(status)
+
+    def _stop_for(self, signal_name: str, history: list[dict[str, float]]) -> Preempted:
+        """Every rank agreed to stop (a scheduler's signal): save, record, and say how to go on."""
+        path = self.save()
+        if self.is_rank_0:
+            self._append_history(history)
+        self.tracker.set_tags({"turbo_ds.stopped_by": signal_name, "turbo_ds.stopped_at_step": self.step})
+        stopped = Preempted(signal_name, self.step, str(path))
+        self.log(f"{stopped} Exit status 75.")
+        return stopped
+
+    def _append_history(self, history: list[dict[str, float]]) -> None:
+        """``history.jsonl`` gets this process's records; a resumed run appends after the earlier ones."""
+        with open(self.out_dir / "history.jsonl", "a") as f:
+            for rec in history:
+                f.write(json.dumps(rec) + "\n")
 
     def close_loaders(self) -> None:
         """Stop the worker processes of every loader now, not at garbage collection (at interpreter
@@ -603,9 +661,7 @@ class Trainer:
         )
         if self.is_rank_0:
             write_json(final, self.out_dir / "final_metrics.json")
-            with open(self.out_dir / "history.jsonl", "a") as f:
-                for rec in history:
-                    f.write(json.dumps(rec) + "\n")
+            self._append_history(history)
             self.tracker.log_artifact(self.out_dir / "final_metrics.json")
         for line in self._summary_lines(final):
             self.log(line)
@@ -659,11 +715,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cfg = load_config(args.config, args.overrides)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    trainer = Trainer(cfg, args.ds_config, resume=args.resume)
-    final = trainer.fit()
     from turbo_ds.engine import distributed
 
-    distributed.destroy(verbose=args.debug)  # after a barrier: no rank still talks to this one
+    # Before the (slow) setup: a scheduler's signal during it still ends in a checkpoint and status 75.
+    # Kept until the process group is gone: a launcher that SIGTERMs the ranks still tearing down
+    # (deepspeed does once one rank has exited non-zero) must not kill them half way.
+    stop = StopRequest(cfg.train.stop_signals).install()
+    try:
+        trainer = Trainer(cfg, args.ds_config, resume=args.resume, stop_request=stop)
+        try:
+            final = trainer.fit()
+        except Preempted:
+            distributed.destroy(verbose=args.debug)  # every rank agreed to stop: wait for all of them
+            raise
+        distributed.destroy(verbose=args.debug)  # after a barrier: no rank still talks to this one
+    finally:
+        stop.restore()
     return final
 
 

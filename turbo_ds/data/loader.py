@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 from torch.utils.data import DataLoader
 
@@ -41,6 +42,14 @@ class ResumableDataLoader(DataLoader):
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
         self._iterator = None
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a scheduler signals every process of a job step, workers included.
+    The stop request is the rank's to handle (save, then shut its workers down); a worker that died
+    of the signal would make the rank fail first ("DataLoader worker ... killed by signal")."""
+    for s in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def build_dataloader(
@@ -193,4 +202,5 @@ def build_dataloader(
         drop_last=drop_last,
         persistent_workers=persistent_workers and num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
     )
