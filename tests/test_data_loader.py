@@ -220,7 +220,7 @@ def test_failure_cap_stops_with_clear_error(broken_demo, tmp_path):
         max_failures=1,
         failure_log_dir=tmp_path,
     )
-    with pytest.warns(UserWarning), pytest.raises(TooManyFailuresError, match="max_failures=1"):
+    with pytest.raises(TooManyFailuresError, match="max_failures=1"):
         list(dl)
 
 

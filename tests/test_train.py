@@ -171,8 +171,12 @@ def test_mlflow_run_has_params_metrics_artifacts(run_a):
     (pred,) = client.get_metric_history(run.info.run_id, "memory/predicted_peak_mb")
     (meas,) = client.get_metric_history(run.info.run_id, "memory/measured_peak_mb")
     assert pred.step == meas.step == 0 and abs(pred.value / meas.value - 1) < 0.15
+    # Epoch ends (2 steps an epoch on 2 ranks; noticed when the next batch is asked for) and the end.
+    failed = client.get_metric_history(run.info.run_id, "data/failed_videos")
+    assert [(m.step, m.value) for m in failed] == [(2, 0.0), (4, 0.0), (6, 0.0), (8, 0.0)]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "ds_config.json", "final_metrics.json"} <= arts
+    assert "data_failures" not in arts  # nothing failed: no failure log
     assert run.info.status == "FINISHED"
 
 
@@ -221,6 +225,7 @@ def test_single_process_python_zero3(demo_data, tmp_path):
         nprocs=1,
     )
     assert "ZeRO stage 3" in proc.stdout and "mlflow ui --host 127.0.0.1 --backend-store-uri" in proc.stdout
+    assert "[turbo_ds] data: no video failed to decode" in proc.stdout
     (s,) = summaries(out, 1)
     assert s["steps"] == [1, 2, 3] and all(math.isfinite(v) for v in s["train_loss"])
     assert (out / "checkpoints" / "latest").read_text() == "global_step3"
@@ -303,3 +308,53 @@ def test_bad_config_fails_before_launching(tmp_path):
     cfg = write_config({"optim": {"lr": 1e-3, "micro_batch": 4}}, tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="'optim.micro_batch'"):
         trainer.main(["--config", str(cfg), "--ds_config", "ds_configs/zero2.json"])
+
+
+def test_broken_videos_reported_once_per_epoch_and_at_the_end(demo_data, tmp_path):
+    """One cut training video and one cut validation video, two workers, two epochs: each is decoded
+    once, FFmpeg stays quiet, rank 0 prints the running count at the epoch end and the total at the
+    end, and MLflow gets data/failed_videos and the merged failure log."""
+    from mlflow.tracking import MlflowClient
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_data / "videos" / "actions", data / "videos" / "actions")
+    shutil.copy(demo_data / "actions.parquet", data / "actions.parquet")
+    cut = [sorted((data / "videos" / "actions" / s).glob("*.mp4"))[0] for s in ("train", "val")]
+    for path in cut:
+        raw = path.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])  # moov atom lost
+    out = tmp_path / "out"
+    cfg = tiny_config(
+        data,
+        out,
+        token_dropout={"drop_ratio": 0.0},
+        pmae={"enabled": False},
+        data={"num_workers": 2, "test_split": None},
+        train={"max_steps": 8, "eval_every": 0, "log_every": 4},  # 4 steps an epoch
+        checkpoint={"every_steps": 0, "save_final": False},
+        tracking={"memory_plan": False},
+    )
+    cfg_path = write_config(cfg, tmp_path / "cfg.yaml")
+    proc = launch(["scripts/train.py", "--ds_config", "ds_configs/zero0.json", "--config", str(cfg_path)], 1)
+    details = f"details: {out / 'data_failures'}/"
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("[turbo_ds] data:")]
+    assert lines == [
+        f"[turbo_ds] data: 1 video failed to decode so far (1 occurrence, all ranks); {details}",
+        f"[turbo_ds] data: 2 videos failed to decode (3 occurrences, all ranks); {details}",
+    ]
+    for noise in ("moov atom", "partial file", "ERROR opening", "replacing sample"):
+        assert noise not in proc.stderr + proc.stdout, noise
+    merged = [
+        json.loads(x) for x in (out / "data_failures" / "decode_failures.jsonl").read_text().splitlines()
+    ]
+    tried = sorted(e["path"] for e in merged if not e["skipped"])
+    assert tried == sorted(map(str, cut))  # each decoded once: epoch 2 skipped the training one
+    assert all("moov atom not found" in e["log"] for e in merged if not e["skipped"])
+
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("test_train").experiment_id])
+    hist = client.get_metric_history(run.info.run_id, "data/failed_videos")
+    assert [(m.step, m.value) for m in hist] == [(4, 1.0), (8, 2.0)]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "data_failures")}
+    assert arts == {"data_failures/decode_failures.jsonl"}
+    assert json.loads((out / "final_metrics.json").read_text())["data/failed_videos"] == 2

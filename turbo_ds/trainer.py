@@ -377,7 +377,39 @@ class Trainer:
         while True:
             self.train_loader.set_epoch(self.epoch)
             yield from _iterate(self.train_loader)
+            # A collective, safe here: the training sampler gives every rank the same number of
+            # batches (drop_last), so all ranks finish an epoch at the same micro step.
+            self._report_data_failures(final=False)
             self.epoch += 1
+
+    def _report_data_failures(self, final: bool) -> int:
+        """Rank 0 prints how many distinct videos failed to decode so far on all ranks, in training and
+        evaluation (nothing at an epoch end without failures), and logs it as ``data/failed_videos``;
+        at the end of the run it also writes every rank's entries to
+        ``data_failures/decode_failures.jsonl`` and logs that file as an artifact. Collective."""
+        from turbo_ds.data import errors
+
+        # The rank's loaders share one file today; a set in case a task points one elsewhere.
+        loaders = [self.train_loader, *self._eval_loaders.values()]
+        files = sorted({str(loader.dataset.failures.path) for loader in loaders})
+        mine = errors.read_entries(files)
+        if final:
+            parts = self.engine.all_gather_object(mine)
+            entries = [{"rank": r, **e} for r, part in enumerate(parts) for e in part]
+            videos, occurrences = {e["path"] for e in entries}, len(entries)
+        else:  # mid-run: the paths and a count are enough
+            parts = self.engine.all_gather_object(({e["path"] for e in mine}, len(mine)))
+            videos, occurrences = set().union(*(p for p, _ in parts)), sum(n for _, n in parts)
+        if not self.is_rank_0:
+            return len(videos)
+        where = Path(files[0]).parent
+        self.tracker.log_metrics({"data/failed_videos": float(len(videos))}, step=self.step)
+        if videos or final:
+            self.log(errors.summary_line(len(videos), occurrences, f"{where}/", final))
+        if final and videos:
+            merged = errors.write_entries(entries, where / "decode_failures.jsonl")
+            self.tracker.log_artifact(merged, "data_failures")
+        return len(videos)
 
     def _apply_phase(self) -> None:
         dense_from = self.cfg.train.max_steps - self.cfg.token_dropout.final_dense_steps
@@ -645,6 +677,7 @@ class Trainer:
         final.update(evals)
         self._record_eval(evals)
         final["train/nonfinite_total"] = float(self.nonfinite_total)
+        final["data/failed_videos"] = float(self._report_data_failures(final=True))
         final["train/time_s"] = self.train_time_s
         final["train/avg_clips_per_s"] = self.train_clips / max(self.train_time_s, 1e-9)
         final["params_checksum"] = self.params_checksum()

@@ -17,7 +17,8 @@ Text-video modes (sampler kinds):
 
 With a ``text_transform`` (a picklable tokenizer, run in the workers) items also carry ``text_tokens``
 (n, L) long for their captions. A video that fails to decode is replaced by another sample chosen
-deterministically from (seed, epoch, index, attempt); the failure is logged (see ``errors.py``).
+deterministically from (seed, epoch, index, attempt); the failure is logged (see ``errors.py``), and
+a video already in the log is replaced the same way without being opened again.
 """
 
 from __future__ import annotations
@@ -134,7 +135,6 @@ class VideoDataset(Dataset):
                     f"{index.index_path} (split {index.split!r}): no captions to evaluate"
                     + (" (only_alignable=True skips alignable=False captions)" if only_alignable else "")
                 )
-        self._bad: set[int] = set()  # per process: videos (positions in the split) known broken
 
     def _caption_pairs(self) -> np.ndarray:
         """(N, 2) int64 (video position, caption position) of every usable caption of the split."""
@@ -308,12 +308,16 @@ class VideoDataset(Dataset):
         cur = idx
         for attempt in range(MAX_REPLACEMENTS):
             pos = self.video_position(cur)
-            if pos not in self._bad:
+            known = self.failures.known_failed()  # by any worker of this rank, in any epoch
+            if known and (path := self.index.abs_path(pos)) in known:
+                self.failures.record_skip(path, cur)
+            else:
                 try:
                     return self.load(cur, epoch, attempt)
                 except DecodeError as e:
-                    self._bad.add(pos)
-                    self.failures.record(e.path, self.index[pos]["video_id"], e.reason, cur, e.detail)
+                    self.failures.record(e.path, self.index[pos]["video_id"], e.reason, cur, e.detail, e.log)
+            # The same replacement whether the video was just tried or skipped as known-failed (which
+            # depends on which worker met it first): the data never depends on the log.
             cur = int(np.random.default_rng([self.seed, epoch, idx, attempt, 1]).integers(len(self)))
         raise RuntimeError(
             f"sample {idx}: {MAX_REPLACEMENTS} replacement videos in a row failed to decode; see {self.failures.path}"

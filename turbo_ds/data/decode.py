@@ -3,6 +3,8 @@
 No reader outlives a call (bounded memory over thousands of videos). Frame indices are clamped to the
 frames that actually decode: decord's reported count can exceed them, and ``get_batch`` past the end
 can hang, so the caller passes the count checked at index-build time (``num_frames`` in the index).
+What FFmpeg prints meanwhile is kept off the console (``ffmpeg_log.py``): a failed decode carries it
+in ``DecodeError.log``, a successful one drops it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from turbo_ds.data.ffmpeg_log import FfmpegLog
+
 BACKENDS = ("decord", "pyav", "auto")
 # Output widths decord 0.6 cannot copy out (its row padding breaks the copy: e.g. 16, 24, 48, 72 px);
 # learnt per process so later samples at that width go straight to PyAV.
@@ -20,10 +24,12 @@ _DECORD_BAD_WIDTHS: set[int] = set()
 
 
 class DecodeError(RuntimeError):
-    """A video that cannot be opened or read; ``reason`` is a short machine-friendly tag."""
+    """A video that cannot be opened or read; ``reason`` is a short machine-friendly tag, ``log`` what
+    the decoders printed while trying (set by :func:`decode_frames`)."""
 
     def __init__(self, path: str, reason: str, detail: str = ""):
         self.path, self.reason, self.detail = str(path), reason, detail
+        self.log = ""
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
@@ -237,6 +243,16 @@ def decode_frames(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown decoder backend {backend!r}; choose from {BACKENDS}")
+    log = FfmpegLog()
+    try:
+        with log:
+            return _decode_with_fallback(path, indices, backend, num_frames, size, fallback)
+    except DecodeError as e:
+        e.log = log.text
+        raise
+
+
+def _decode_with_fallback(path, indices, backend, num_frames, size, fallback) -> tuple[np.ndarray, str]:
     if backend == "pyav" or (fallback and size is not None and size[0] in _DECORD_BAD_WIDTHS):
         return decode_pyav(path, indices, num_frames, size), "pyav"
     try:

@@ -213,6 +213,10 @@ class VideoIndex:
         row["abs_path"] = str(self.root / row["path"])
         return row
 
+    def abs_path(self, i: int) -> str:
+        """Row ``i``'s ``abs_path`` without building the whole row."""
+        return str(self.root / self.table.column("path")[int(self.rows[i])].as_py())
+
     def column(self, name: str) -> np.ndarray:
         col = self.table.column(name).to_numpy(zero_copy_only=False)
         return col[self.rows]
