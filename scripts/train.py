@@ -5,9 +5,11 @@
         --config configs/demo_classification.yaml [--set optim.lr=1e-3 ...] [--resume latest]
     torchrun --nproc_per_node 2 scripts/train.py ...      # same flags
     python scripts/train.py ...                           # one process
+    srun python scripts/train.py ...                      # SLURM: see scripts/slurm/train.sbatch
 
-Rank and world size come from the launcher's environment. Exit status 0, 2 for a config or input error
-(one line on stderr; --debug adds the traceback), 1 otherwise. See docs/training.md.
+Rank and world size come from the launcher's environment (or SLURM's, in an srun task). Exit status 0,
+2 for a config or input error (one line on stderr; --debug adds the traceback), 1 otherwise. See
+docs/training.md.
 """
 
 import sys

@@ -1,6 +1,7 @@
 """Process-group setup shared by ``deepspeed``, ``torchrun`` and plain ``python`` launches.
 
-Rank and world come from the environment (RANK / WORLD_SIZE / LOCAL_RANK, set by both launchers);
+Rank and world come from the environment (RANK / WORLD_SIZE / LOCAL_RANK, set by both launchers), or,
+in a task of an ``srun`` step that sets none of them, from SLURM's variables (``turbo_ds.engine.slurm``);
 a plain ``python`` run gets a single-process group on a free local port. The backend is NCCL on CUDA
 and gloo on the CPU.
 """
@@ -12,17 +13,26 @@ import socket
 
 import torch
 
+from turbo_ds.engine import slurm
+
+
+def _env(key: str, default: str) -> str:
+    # SLURM's view too: the rank-0-only error line of turbo_ds.cli may come before init_distributed.
+    if key in os.environ:
+        return os.environ[key]
+    return slurm.launch_env(os.environ).get(key, default)
+
 
 def env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return int(_env("RANK", "0"))
 
 
 def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return int(_env("WORLD_SIZE", "1"))
 
 
 def env_local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return int(_env("LOCAL_RANK", "0"))
 
 
 def _free_port() -> int:
@@ -39,6 +49,7 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[int, int]:
     import deepspeed.comm as dist
     from deepspeed.accelerator import get_accelerator
 
+    os.environ.update(slurm.launch_env(os.environ))  # torch's env:// init reads them from os.environ
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
