@@ -20,15 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
-import test_train
 from test_train import PY, ROOT, _free_port, clean_env, summaries, tiny_config, write_config
 
-demo_data = test_train.demo_data  # the tiny demo dataset, a module-scoped fixture
+from turbo_ds.preemption import EXIT_PREEMPTED
 
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
 STEPS = 4
 TIMEOUT = 240
-EXIT_PREEMPTED = 75  # turbo_ds.cli.EXIT_PREEMPTED (the trainer's stop-and-checkpoint status)
 
 # Stands in for srun: starts SLURM_NTASKS copies of the command, each as task 0 of its own "node", with
 # the variables srun sets in a task; forwards USR1 to them (as srun does) and exits with the highest
