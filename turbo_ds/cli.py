@@ -41,26 +41,33 @@ def is_usage_error(exc: BaseException) -> bool:
     return module.split(".", 1)[0] in _OWN_PACKAGES
 
 
-def run_cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)`` and return the exit status (see the module docstring)."""
-    from turbo_ds.engine import distributed
+def run_cli(
+    main: Callable[[list[str]], Any], argv: Sequence[str] | None = None, *, process_group: bool = True
+) -> int:
+    """Run ``main(argv)`` and return the exit status (see the module docstring). ``process_group=False``:
+    a tool that never starts one (``scripts/compare.py``), so neither torch nor a rank is looked up."""
+    if process_group:
+        from turbo_ds.engine import distributed
 
+        rank, teardown = distributed.env_rank, distributed.destroy
+    else:
+        rank, teardown = (lambda: 0), (lambda barrier: None)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
         main(argv)
     except Preempted as e:  # main has torn the process group down in agreement with every rank
-        if distributed.env_rank() == 0:
+        if rank() == 0:
             print(f"turbo_ds: {e}", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
     except Exception as e:
         with contextlib.suppress(Exception):  # never hide the run's own error behind a teardown one
-            distributed.destroy(barrier=False)
+            teardown(barrier=False)
         if not is_usage_error(e):
             raise  # the traceback, exit status 1
         if debug:
             traceback.print_exc()
-        if distributed.env_rank() == 0:
+        if rank() == 0:
             print(f"turbo_ds: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     return EXIT_OK
