@@ -1,9 +1,10 @@
-"""``scripts/compare.py``: select runs, print the table, write compare.csv, the plots and report.html.
+"""``scripts/compare.py`` (docs/compare.md): select runs, print the table, write compare.csv, the plots
+and report.html.
 
 python scripts/compare.py --experiment demo --out runs/compare                      # stores under runs/
 python scripts/compare.py --runs-dir runs/sweep_drop --baseline drop0 --out runs/compare
 python scripts/compare.py --tracking-uri sqlite:///a/mlflow.db --tracking-uri sqlite:///b/mlflow.db \\
-    --experiment turbo_ds --filter "params.\\`pmae.enabled\\` = 'True'" --out runs/compare
+    --experiment turbo_ds --filter "params.\\"pmae.enabled\\" = 'True'" --out runs/compare
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def compare(
     plots = make_plots(table, out)
     names = ", ".join(dict.fromkeys(s.run.experiment for s in summaries))
     created = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    report = write_html(table, plots, out / "report.html", f"turbo_ds compare: {names}", stores, created)
+    title = f"turbo_ds compare: {names} ({created})"
+    report = write_html(table, plots, out / "report.html", title, stores, created)
     csv_path = write_csv(table, out / "compare.csv")
     paths = [report, csv_path] + [p.path for p in plots if p.path is not None]
     return Comparison(table, plots, stores, format_text(table), paths)

@@ -160,7 +160,12 @@ def drop_ratio_tradeoff(table: Table, out_dir: Path) -> Plot:
         for s, row in zip(table.summaries, table.rows, strict=True):
             value = row.get(key)
             if s.drop_ratio is None or value is None:
-                plot.skipped.append(f"{label(s.run)}: no {DROP_RATIO} or no {key}")
+                what = (
+                    DROP_RATIO
+                    if s.drop_ratio is None
+                    else {"speedup": "speed-up", "clips_per_s": "clips/s"}.get(key, key)
+                )
+                plot.skipped.append(f"{label(s.run)}: no {what}")
                 continue
             points.append((s.drop_ratio, value, s))
         for x, y, s in points:

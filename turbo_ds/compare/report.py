@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from turbo_ds.compare.plots import Plot
-from turbo_ds.compare.table import FAILED_STATUSES, Table, format_value
+from turbo_ds.compare.table import Table, format_value
 
 DEFINITIONS = (
     (
@@ -80,7 +80,7 @@ def _table_html(table: Table) -> str:
     for row in table.rows:
         classes = [
             name
-            for name, on in (("failed", row["status"] in FAILED_STATUSES), ("baseline", row["baseline"]))
+            for name, on in (("failed", row["status"] != "FINISHED"), ("baseline", row["baseline"]))
             if on
         ]
         cells = []

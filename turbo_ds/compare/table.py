@@ -40,7 +40,6 @@ PARAM_ORDER = (
     "seed",
     "checkpoint.",
 )
-FAILED_STATUSES = ("FAILED", "KILLED", "RUNNING")
 MISSING = "—"
 
 
@@ -74,7 +73,7 @@ def choose_baseline(summaries: list[RunSummary], key: str | None = None) -> tupl
         if len(matches) > 1:
             ids = ", ".join(r.run_id for r in matches)
             raise CompareError(
-                f"--baseline {key!r}: {len(matches)} selected runs have that name ({ids}); pass a run id"
+                f"--baseline {key!r}: {len(matches)} selected runs match it ({ids}); pass a run id"
             )
         base = next(s for s in summaries if s.run is matches[0])
         return base, f"baseline: {label(base.run)}, chosen with --baseline"
