@@ -25,13 +25,19 @@ class Plot:
     skipped: list[str] = field(default_factory=list)  # "run (id): why"
 
 
-def _figure(ncols: int = 1, width: float = 7.0, height: float = 4.2) -> tuple[Any, list[Any]]:
+def _figure(
+    panels: int = 1, width: float = 7.0, height: float = 4.2, per_row: int = 3
+) -> tuple[Any, list[Any]]:
+    """A figure of ``panels`` axes, ``per_row`` to a row (a run with many eval metrics stays readable)."""
     # Figure, not pyplot: no global backend or figure registry, the Agg canvas is enough for a PNG.
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width * ncols if ncols > 1 else width, height), layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, list(axes)
+    ncols, nrows = min(panels, per_row), -(-panels // per_row)
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return fig, axes[:panels]
 
 
 def _save(fig: Any, plot: Plot, out_dir: Path) -> Plot:
