@@ -49,7 +49,7 @@ PRESETS = {
     # Seconds: the script itself (tests).
     "smoke": dict(
         model=dict(embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32),
-        budget_mb=6, device="cpu", precision="fp32", granularity=16, start_frames=16,
+        budget_mb=6, device="cpu", precision="fp32", granularity=64, start_frames=64,  # few probes: a test
     ),
 }  # fmt: skip
 

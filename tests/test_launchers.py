@@ -113,13 +113,31 @@ def assert_same_run(out: Path, ref: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(demo_data, tmp_path_factory) -> Path:
-    """deepspeed --num_gpus 2 on one node."""
+    """deepspeed --num_gpus 2 on one node. It also checks a clean exit (status 0, every rank's process
+    group destroyed, no abort at interpreter exit) with a DataLoader worker and an MLflow run to tear
+    down; neither changes the numbers (items are a function of seed, epoch and index)."""
     work = tmp_path_factory.mktemp("ref")
     cfg = run_config(demo_data, work)
     port = str(_free_port())
-    run_together(
-        [[PY, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", port, *train_args(cfg)]]
+    extra = ["--debug", "--set", "data.num_workers=1", "--set", "tracking.enabled=true"]
+    (log,) = run_together(
+        [
+            [
+                PY,
+                "-m",
+                "deepspeed.launcher.runner",
+                "--num_gpus",
+                "2",
+                "--master_port",
+                port,
+                *train_args(cfg),
+                *extra,
+            ]
+        ]
     )
+    for rank in (0, 1):
+        assert f"rank {rank}: process group destroyed" in log
+    assert "terminate called" not in log and (work / "out" / "mlflow.db").exists()
     return work / "out"
 
 

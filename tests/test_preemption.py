@@ -147,6 +147,8 @@ def test_signal_on_one_rank_stops_all_then_resume_is_exact(run_a, demo_data, tmp
     assert resumed[0]["params_checksum"] == resumed[1]["params_checksum"] == ref["params_checksum"]
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["turbo_ds.resumed_at_step"] == str(stopped)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == list(range(1, STEPS + 1)), "the resumed run continues the same MLflow history"
 
 
 def _short_config(demo_data, tmp_path: Path, **sections) -> Path:
