@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
@@ -30,12 +31,21 @@ class Child:
         group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
         self.proc = subprocess.Popen(cmd, **group)
 
-    def wait(self) -> int:
-        return self.proc.wait()
+    def wait(self, grace_s: float = 30.0) -> int:
+        """The run's exit status, once every process of its group is gone too (a launcher that died
+        may leave ranks still writing a checkpoint; after ``grace_s`` they are killed)."""
+        code = self.proc.wait()
+        deadline = time.monotonic() + grace_s
+        while _group_alive(self.proc.pid):
+            if time.monotonic() > deadline:
+                self.kill()
+                break
+            time.sleep(0.1)
+        return code
 
     def signal_ranks(self, signum: int) -> int:
-        """Send ``signum`` to every process of the run that runs the training script (the ranks; also
-        their DataLoader workers, which ignore the stop signals); returns how many got it."""
+        """Send ``signum`` to every process of the run whose script is the training script (the ranks,
+        and their forked DataLoader workers, which ignore the stop signals); returns how many got it."""
         import psutil
 
         try:
@@ -46,7 +56,7 @@ class Child:
         sent = 0
         for p in procs:
             try:
-                if self.script in p.cmdline():
+                if runs_script(p.cmdline(), self.script):
                     p.send_signal(signum)
                     sent += 1
             except psutil.Error:
@@ -56,6 +66,35 @@ class Child:
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
             os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def runs_script(cmdline: list[str], script: str) -> bool:
+    """Whether ``cmdline`` is ``python [options] script ...``. The launcher's own processes name the
+    script too, as an argument (``python -m deepspeed.launcher.runner ... script``): they are not ranks."""
+    args, i = cmdline[1:], 0
+    while i < len(args) and args[i].startswith("-"):
+        if args[i] in ("-m", "-c"):
+            return False
+        i += 2 if args[i] in ("-W", "-X") else 1
+    return i < len(args) and args[i] == script
+
+
+def _group_alive(pgid: int) -> bool:
+    """Some process of group ``pgid`` still runs (zombies do not count: an init that does not reap
+    orphans, as in some containers, would keep them forever)."""
+    import psutil
+
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    for p in psutil.process_iter(["status"]):
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+    return False
 
 
 class SweepSignals:

@@ -171,9 +171,11 @@ def create_experiment(sweep: Sweep) -> str:
     )
 
 
-def run(sweep: Sweep, stop_on_failure: bool = False, runner: Runner = launch) -> int:
-    """Every combination in turn; returns the sweep's exit status: 0 all finished, 1 some failed,
-    75 preempted or stopped by a scheduler's signal, 130 Ctrl-C."""
+def run(sweep: Sweep, stop_on_failure: bool = False, runner: Runner | None = None) -> int:
+    """Every combination in turn (``runner``: how one runs, default :func:`launch`); returns the
+    sweep's exit status: 0 all finished, 1 some failed, 75 preempted or stopped by a scheduler's
+    signal, 130 Ctrl-C."""
+    runner = runner or launch
     record = Record(sweep, create_experiment(sweep))
     if record.base_changed():
         print(
