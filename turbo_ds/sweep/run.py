@@ -212,9 +212,10 @@ def run(sweep: Sweep, stop_on_failure: bool = False, runner: Runner | None = Non
             else:
                 status = "failed"
             record.update(c, status=status, exit_code=code, wall_s=round(wall, 3))
-            note = "" if code == 0 and c.finished else f" ({exit_text(code)})"
-            if code == 0 and not c.finished:
-                note = " (exit 0 but no final_metrics.json)"
+            if status == "finished":
+                note = ""
+            else:
+                note = " (exit 0 but no final_metrics.json)" if code == 0 else f" ({exit_text(code)})"
             print(f"{head}: {status}{note} after {wall:.1f} s", flush=True)
             if status == "preempted":
                 preempted = True
