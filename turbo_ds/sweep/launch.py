@@ -25,11 +25,11 @@ _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 class Child:
     """``cmd`` running in its own process group; ``script`` is how its ranks are recognised."""
 
-    def __init__(self, cmd: list[str], script: str | Path):
+    def __init__(self, cmd: list[str], script: str | Path, env: dict[str, str] | None = None):
         self.script = str(script)
         # Python >= 3.11 can make the group without a new session (the run keeps the terminal's).
         group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
-        self.proc = subprocess.Popen(cmd, **group)
+        self.proc = subprocess.Popen(cmd, env=env, **group)
 
     def wait(self, grace_s: float = 30.0) -> int:
         """The run's exit status, once every process of its group is gone too (a launcher that died

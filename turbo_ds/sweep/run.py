@@ -10,6 +10,7 @@ so that a requeued sweep job resumes where it stopped.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import time
@@ -34,7 +35,10 @@ def _free_port() -> int:
 
 
 def launch(sweep: Sweep, combo: Combination, signals: SweepSignals) -> int:
-    child = Child(sweep.command(combo, _free_port()), TRAIN_SCRIPT)
+    # The trainer prefers $MLFLOW_TRACKING_URI to tracking.tracking_uri: a --tracking-uri given to the
+    # sweep must win over one in the environment, so the runs get the sweep's store in both.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sweep.tracking_uri}
+    child = Child(sweep.command(combo, _free_port()), TRAIN_SCRIPT, env)
     signals.attach(child)
     try:
         return child.wait()
