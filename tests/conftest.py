@@ -32,3 +32,39 @@ def run_a(demo_data, tmp_path_factory) -> Path:
     cfg = write_config(tiny_config(demo_data, out), work / "cfg.yaml")
     launch(["scripts/train.py", "--ds_config", "ds_configs/zero2.json", "--config", str(cfg)], nprocs=2)
     return out
+
+
+TINY_SWEEP_GRID = "token_dropout.drop_ratio=0,0.5,0.75"
+
+
+def sweep_config(demo_data: Path, path: Path, **sections) -> Path:
+    """The smallest config a sweep's runs can compare on: 4 steps, a train record every step, val at
+    steps 2 and 4, no test split, no checkpoint, one process without DataLoader workers."""
+    cfg = tiny_config(
+        demo_data,
+        path.parent / "unused",  # the sweep sets each run's output_dir
+        token_dropout={"drop_ratio": 0.0},
+        pmae={"enabled": False},
+        data={"test_split": None, "num_workers": 0},
+        train={"max_steps": 4, "eval_every": 2, "log_every": 1},
+        checkpoint={"every_steps": 0, "save_final": False},
+        tracking={"memory_plan": False},
+    )
+    for k, v in sections.items():
+        cfg[k].update(v)
+    return write_config(cfg, path)
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(demo_data, tmp_path_factory) -> Path:
+    """``scripts/sweep.py`` over ``TINY_SWEEP_GRID`` (3 single-process runs of :func:`sweep_config`):
+    the sweep folder, with ``sweep.json``, ``mlflow.db`` (experiment ``tiny_sweep``), ``mlartifacts/``
+    and a folder per run; its stdout is in ``../../sweep.out``. Tests read it; none may write into it."""
+    work = tmp_path_factory.mktemp("tiny_sweep")
+    cfg = sweep_config(demo_data, work / "cfg.yaml")
+    cmd = [PY, "scripts/sweep.py", "--config", str(cfg), "--ds_config", "ds_configs/zero0.json"]
+    cmd += ["--grid", TINY_SWEEP_GRID, "--name", "tiny_sweep", "--out", str(work / "sweeps")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    (work / "sweep.out").write_text(proc.stdout)  # beside the sweep folder, for tests of its output
+    return work / "sweeps" / "tiny_sweep"

@@ -74,6 +74,26 @@ def test_overrides_yaml_typed_and_roundtrip(tmp_path):
         load_config(src, ["optim.lrr=1"])
 
 
+def test_tracking_tags_are_strings_named_as_mlflow_allows():
+    tags = ['tracking.tags={"turbo_ds.sweep.token_dropout.drop_ratio": "0.5", owner: me/team}']
+    assert load_config(None, tags).tracking.tags == {
+        "turbo_ds.sweep.token_dropout.drop_ratio": "0.5",
+        "owner": "me/team",
+    }
+    for tag, message in [
+        ("{lr: 0.5}", "config key 'tracking.tags.lr' = 0.5: must be a string"),
+        ("{a!b: x}", "config key 'tracking.tags.a!b' = 'x': tag names may only hold letters, digits"),
+        ("{../x: y}", "config key 'tracking.tags.../x' = 'y': tag names must be plain relative paths"),
+        ("{a//b: y}", "config key 'tracking.tags.a//b' = 'y': tag names must be plain relative paths"),
+        ("{1: y}", "config key 'tracking.tags.1' = 1: names must be strings"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [f"tracking.tags={tag}"])
+        assert str(e.value).startswith(message)
+    with pytest.raises(ConfigError, match=r"'tracking.system_metrics_interval_s' = 0.0: must be > 0"):
+        load_config(None, ["tracking.system_metrics_interval_s=0"])
+
+
 def test_flatten():
     flat = flatten(config_to_dict(config_from_dict({})))
     assert flat["optim.lr"] == 1e-3 and "model.name" in flat and "seed" in flat

@@ -76,6 +76,8 @@ def test_which_errors_are_usage_errors():
     assert run_cli(_raise(FileNotFoundError("no index")), []) == EXIT_USAGE
     assert run_cli(lambda argv: None, []) == 0
     assert run_cli(_raise(ConfigError("bad key")), [], process_group=False) == EXIT_USAGE  # compare.py
+    assert run_cli(lambda argv: {"step": 3.0}, []) == 0  # a training main returns its final metrics
+    assert run_cli(lambda argv: 75, []) == 75  # a sweep returns the status its runs call for
     # A ValueError from our own checks is a usage error; one from inside a library is a bug.
     from turbo_ds.config import load_config
     from turbo_ds.engine.ds_config import fill_ds_config

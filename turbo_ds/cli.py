@@ -6,7 +6,8 @@ rank 0 prints ``turbo_ds: stopped by ...``; continue with ``--resume latest``). 
 the config, a missing index or checkpoint): rank 0 prints ``turbo_ds: error: <message>`` on stderr and
 no traceback, the other ranks exit quietly with the same status; ``--debug`` prints the traceback too.
 1: anything else, with its traceback. A failing run tears down its process group without waiting for
-the other ranks (a peer may never arrive); a finished run waits for all of them first.
+the other ranks (a peer may never arrive); a finished run waits for all of them first. A ``main``
+that returns an int (``scripts/sweep.py``: the status its runs call for) exits with it.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def run_cli(
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        main(argv)
+        result = main(argv)
     except Preempted as e:  # main has torn the process group down in agreement with every rank
         if rank() == 0:
             print(f"turbo_ds: {e}", file=sys.stderr, flush=True)
@@ -70,4 +71,4 @@ def run_cli(
         if rank() == 0:
             print(f"turbo_ds: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
-    return EXIT_OK
+    return result if type(result) is int else EXIT_OK  # a training main returns its final metrics

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import posixpath
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -377,6 +379,47 @@ class TrackingConfig:
     memory_plan: bool = True
     """Measure the first training step's peak memory and log it beside the planner's prediction
     (``memory/predicted_peak_mb``, ``memory/measured_peak_mb``; see ``python -m turbo_ds.plan``)."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """MLflow tags set on the run at its start, e.g. ``{owner: me}`` (``scripts/sweep.py`` adds its
+    ``turbo_ds.sweep*`` tags here). Names as MLflow allows: letters, digits, ``_ - . / : `` and spaces."""
+    system_metrics: bool = False
+    """Sample CPU, memory, disk, network (and GPU, with ``nvidia-ml-py`` installed) utilisation on rank 0's
+    machine with MLflow's own monitor, logged as ``system/*`` metrics."""
+    system_metrics_interval_s: float = 10.0
+    """Seconds between system metric samples (``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` wins)."""
+
+    def __post_init__(self) -> None:
+        for name, value in self.tags.items():
+            _check_tag_name(name, value)
+        _check(
+            self.system_metrics_interval_s > 0,
+            "tracking.system_metrics_interval_s",
+            self.system_metrics_interval_s,
+            "must be > 0",
+        )
+
+
+# MLflow's rule for tag (and param, metric) names, checked here so a bad name fails before the run.
+_TAG_NAME = re.compile(r"^[/\w.\- :]+$")
+MAX_TAG_NAME_LEN = 250
+
+
+def _check_tag_name(name: str, value: str) -> None:
+    key = f"tracking.tags.{name}"
+    _check(
+        bool(_TAG_NAME.match(name)),
+        key,
+        value,
+        "tag names may only hold letters, digits, _ - . / : and spaces",
+    )
+    _check(len(name) <= MAX_TAG_NAME_LEN, key, value, f"tag names are at most {MAX_TAG_NAME_LEN} characters")
+    # MLflow may store a name as a path: it must not normalise to another one ('a//b', '../x', 'a/').
+    _check(
+        posixpath.normpath(name) == name and not name.startswith(("/", "..")),
+        key,
+        value,
+        "tag names must be plain relative paths",
+    )
 
 
 @dataclass
@@ -459,7 +502,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         _check(isinstance(value, dict), key, value, "must be a mapping")
-        return dict(value)
+        key_tp, value_tp = typing.get_args(tp) or (Any, Any)
+        for k in value:
+            _check(key_tp is not str or isinstance(k, str), f"{key}.{k}", k, "names must be strings")
+        return {k: _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is bool:

@@ -3,6 +3,11 @@
 The store is ``$MLFLOW_TRACKING_URI`` when set, else the config's ``tracking.tracking_uri``, else an
 embedded sqlite file ``<output_dir>/mlflow.db`` (artifacts under ``<output_dir>/mlartifacts``). A run
 resumed from a checkpoint passes the saved ``run_id`` and continues the same MLflow run.
+
+``tracking.system_metrics`` starts MLflow's ``SystemMetricsMonitor`` for the run: a thread in rank 0's
+process that samples CPU, memory, disk, network (GPU with ``nvidia-ml-py``) and logs ``system/*``
+metrics to this run's store (its tracking URI is passed explicitly: MLflow's default would be the
+process-wide one, ``./mlruns``).
 """
 
 from __future__ import annotations
@@ -96,13 +101,8 @@ class MlflowTracker(NullTracker):
 
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=artifact_location
-            )
-        else:
-            self.experiment_id = exp.experiment_id
+        self.experiment_id = get_or_create_experiment(self.client, experiment, artifact_location)
+        self._monitor = None
         run = None
         if run_id is not None:
             from mlflow.exceptions import MlflowException
@@ -153,10 +153,30 @@ class MlflowTracker(NullTracker):
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), 100):  # one store round trip per 100 tags, not one per tag
+            self.client.log_batch(self.run_id, tags=items[i : i + 100])
+
+    def start_system_metrics(self, interval_s: float) -> None:
+        """MLflow's sampler for this run, in a thread of this process, until :meth:`finish`."""
+        import psutil
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # A resumed run continues the system/* steps where they stopped (not from 0 again).
+        self._monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=interval_s, resume_logging=True, tracking_uri=self.tracking_uri
+        )
+        psutil.cpu_percent()  # the first sample measures from here, not from the process start
+        self._monitor.start()
 
     def finish(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            # Before the run is terminated: the monitor stops by itself once it sees a finished run,
+            # and finish() flushes what it has sampled (the interval in progress is not logged).
+            self._monitor.finish()
+            self._monitor = None
         self.client.set_terminated(self.run_id, status=status)
 
     def ui_command(self) -> str:
@@ -171,8 +191,10 @@ def create_tracker(
     run_name: str | None = None,
     tracking_uri: str | None = None,
     run_id: str | None = None,
+    system_metrics_interval_s: float | None = None,
 ) -> NullTracker:
-    """An :class:`MlflowTracker` on rank 0 when enabled, else a :class:`NullTracker`."""
+    """An :class:`MlflowTracker` on rank 0 when enabled, else a :class:`NullTracker`; with
+    ``system_metrics_interval_s``, sampling system metrics every that many seconds."""
     if not (enabled and is_rank_0):
         return NullTracker()
     output_dir = Path(output_dir)
@@ -181,13 +203,30 @@ def create_tracker(
     artifact_location = None
     if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI") and not tracking_uri:
         artifact_location = (output_dir.resolve() / "mlartifacts").as_uri()
-    return MlflowTracker(
+    tracker = MlflowTracker(
         experiment,
         uri,
         run_name=run_name or output_dir.name,
         run_id=run_id,
         artifact_location=artifact_location,
     )
+    if system_metrics_interval_s:
+        tracker.start_system_metrics(system_metrics_interval_s)
+    return tracker
+
+
+def get_or_create_experiment(client, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created (with ``artifact_location``, None = the store's default)
+    if the store has none; a deleted one is an error (runs cannot be logged into it)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    if exp.lifecycle_stage == "deleted":
+        raise ValueError(
+            f"MLflow experiment {name!r} is deleted in this store; restore it "
+            f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or choose another name"
+        )
+    return exp.experiment_id
 
 
 def write_json(data: dict[str, Any], path: str | Path) -> Path:

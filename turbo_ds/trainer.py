@@ -263,8 +263,13 @@ class Trainer:
             t.run_name,
             t.tracking_uri,
             run_id=self.run_id,
+            system_metrics_interval_s=t.system_metrics_interval_s if t.system_metrics else None,
         )
         self.run_id = self.tracker.run_id
+        # Again on a resume: tags are mutable, and a run resumed under new tags should carry them.
+        self.tracker.set_tags(
+            {**t.tags, "turbo_ds.task": cfg.task.name, "turbo_ds.headline": ",".join(self.headline_metrics())}
+        )
         if self.is_rank_0 and self.step == 0:
             self._log_params()
         elif self.step > 0:
@@ -367,6 +372,13 @@ class Trainer:
                 )
             )
         return metrics
+
+    def headline_metrics(self, available: dict[str, float] | None = None) -> list[str]:
+        """Full names of the task's headline metrics in its final evaluations (``val/top1``,
+        ``test/top1``...), what reports compare runs by; with ``available``, only those it holds."""
+        prefixes = dict.fromkeys(spec.metric_prefix for spec in self.eval_specs)
+        names = [f"{p}/{k}" for p in prefixes for k in self.task.headline]
+        return names if available is None else [n for n in names if n in available]
 
     def _summary_lines(self, metrics: dict[str, float]) -> list[str]:
         prefixes = dict.fromkeys(spec.metric_prefix for spec in self.eval_specs)
@@ -682,6 +694,10 @@ class Trainer:
         final["train/avg_clips_per_s"] = self.train_clips / max(self.train_time_s, 1e-9)
         final["params_checksum"] = self.params_checksum()
         self.tracker.log_metrics({"train/avg_clips_per_s": final["train/avg_clips_per_s"]}, step=self.step)
+        if headline := self.headline_metrics(available=final):
+            # The start's guess was every prefix x every headline name; some pairs never exist
+            # (video_text: retrieval names under the alignment prefix).
+            self.tracker.set_tags({"turbo_ds.headline": ",".join(headline)})
         losses = [rec["train/loss"] for rec in history if "train/loss" in rec]
         write_json(
             {
