@@ -366,3 +366,31 @@ def test_cli_exit_codes_without_torch(stores, tmp_path):
     assert (
         ok.stdout.startswith("run ") and "wrote:" in ok.stdout and (tmp_path / "o" / "report.html").is_file()
     )
+
+
+def test_compare_on_a_real_tiny_sweep(tiny_sweep, tmp_path):
+    """scripts/sweep.py's runs (tests/conftest.py): one row per drop ratio, the varied key the only
+    differing param, speed-up and memory ratio computed from what the runs logged, val/top1 headline."""
+    import json
+
+    from turbo_ds.compare.main import compare
+
+    result = compare(tmp_path / "report", runs_dirs=[tiny_sweep])
+    table = result.table
+    rows = sorted(table.rows, key=lambda r: float(r["token_dropout.drop_ratio"]))
+    assert [r["token_dropout.drop_ratio"] for r in rows] == ["0.0", "0.5", "0.75"]
+    assert table.baseline.run.params["token_dropout.drop_ratio"] == "0.0"
+    params = [c.key for c in table.columns if "." in c.key and c.kind == "text"]
+    assert params == ["token_dropout.drop_ratio"], params
+    assert table.primary == "val/top1"
+    output_dir = {s.run.run_id: s.run.params["output_dir"] for s in table.summaries}
+    for row in rows:
+        final = json.loads((Path(output_dir[row["run_id"]]) / "final_metrics.json").read_text())
+        assert row["val/top1"] == final["val/top1"]
+        assert row["clips_per_s"] == final["train/avg_clips_per_s"]
+        assert row["speedup"] == row["clips_per_s"] / rows[0]["clips_per_s"]
+    assert {p.name for p in result.plots if p.path is not None} >= {
+        "loss_vs_step",
+        "eval_vs_time",
+        "drop_ratio",
+    }
