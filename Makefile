@@ -3,7 +3,7 @@ PY     := .venv/bin/python
 PIP    := .venv/bin/pip
 STAMP  := .venv/.installed
 
-.PHONY: setup test lint format demo demo-vlp demo-long demo-long-pretrain bench-model bench-data bench-train bench-vlp bench-frames bench-plan gpu-bundle gpu-check clean
+.PHONY: setup test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-train bench-vlp bench-frames bench-plan gpu-bundle gpu-check clean
 
 setup: $(STAMP)
 
@@ -91,6 +91,21 @@ demo-long-pretrain: setup
 	    --set train.max_steps=300 --set train.eval_every=0 --set checkpoint.every_steps=0 --set data.test_split=null \
 	    --set output_dir=runs/demo_long_pretrain --set tracking.experiment=demo_long_pretrain
 	$(PY) scripts/export.py --checkpoint runs/demo_long_pretrain/checkpoints --out $(DEMO_LONG_PRETRAIN)
+
+# Compare experiments: a drop-ratio sweep of the demo classifier (4 runs of 300 steps, 2 CPU ranks each,
+# one MLflow experiment; rerunning skips finished runs) and its report (table, CSV, plots, report.html).
+SWEEP_DIR := runs/sweeps/demo_drop_ratio
+demo-sweep: setup
+	test -f $(DEMO_STAMP) || $(PY) -m data_index demo --out demo_data
+	$(PY) scripts/sweep.py --config configs/demo_classification.yaml --ds_config ds_configs/zero2.json --num_gpus 2 \
+	    --grid token_dropout.drop_ratio=0,0.5,0.75,0.9 --set train.max_steps=300 --name demo_drop_ratio
+	$(PY) scripts/compare.py --runs-dir $(SWEEP_DIR) --out $(SWEEP_DIR)/report
+
+# What a browser shows of a report (needs Debian's chromium: apt-get install chromium): a full-page PNG.
+REPORT ?= $(SWEEP_DIR)/report/report.html
+report-screenshot:
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,3000 \
+	    --screenshot=$(dir $(REPORT))screenshot.png file://$(abspath $(REPORT))
 
 # Video-text: dense vs drop 0.5 vs drop 0.75 (+ Partial-MAE), quality against training time.
 bench-vlp: setup

@@ -38,6 +38,12 @@ DEFINITIONS = (
         "step / the run's; above 1: faster than the baseline.",
     ),
     ("mem ratio", "The baseline's peak memory / the run's; 2.0: the run needs half the memory."),
+    (
+        "step mem",
+        "memory/measured_peak_mb: the tensors of the first training step (MiB, the largest rank), what token "
+        "dropout and checkpointing change; on the CPU peak mem is the process's resident set, mostly libraries.",
+    ),
+    ("step mem ratio", "The baseline's step memory / the run's."),
     ("Δ", "The run's value of the first headline metric minus the baseline's (quality lost when negative)."),
     (
         "headline metrics",

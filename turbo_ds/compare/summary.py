@@ -11,6 +11,9 @@ Definitions (also in the report and docs/compare.md):
 - tokens/s: the mean of the logged ``train/tokens_per_s`` windows.
 - peak memory: the maximum of ``train/peak_mem_mb`` over the run (the largest rank; the CUDA allocator's
   peak on GPU), else ``memory/measured_peak_mb`` (the first step, measured).
+- step memory: ``memory/measured_peak_mb``, the tensors of the first training step (what token dropout
+  and checkpointing change). On the CPU ``train/peak_mem_mb`` is the process's resident set, mostly the
+  libraries, so there the step memory is the one that shows Turbo's saving.
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ class RunSummary:
     clips_per_s: float | None
     tokens_per_s: float | None
     peak_mem_mb: float | None
+    step_mem_mb: float | None  # the first training step's measured tensor peak (memory/measured_peak_mb)
     drop_ratio: float | None
     axis: TimeAxis | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
@@ -134,6 +138,7 @@ def summarize(run: Run) -> RunSummary:
         clips_per_s=clips,
         tokens_per_s=_mean(run.history("train/tokens_per_s")),
         peak_mem_mb=peak,
+        step_mem_mb=run.metrics.get("memory/measured_peak_mb"),
         drop_ratio=_float(run.params.get(DROP_RATIO)),
         axis=axis,
     )

@@ -3,7 +3,7 @@ ratios against a baseline run; printed aligned, or written as CSV at full precis
 
 speed-up = the run's clips/s / the baseline's (= the baseline's time per step / the run's when both
 train on the same clips per step); memory ratio = the baseline's peak memory / the run's (2.0: half
-the memory); delta = the run's primary headline metric - the baseline's.
+the memory), step memory ratio the same for the first step's measured tensor peak; delta = the run's primary headline metric - the baseline's.
 """
 
 from __future__ import annotations
@@ -142,11 +142,13 @@ def build_table(summaries: list[RunSummary], baseline: RunSummary | None, baseli
         Column("clips_per_s", "clips/s", "rate"),
         Column("tokens_per_s", "tokens/s", "rate"),
         Column("peak_mem_mb", "peak mem (MiB)", "mb"),
+        Column("step_mem_mb", "step mem (MiB)", "mb"),
     ]
     if baseline is not None:
         columns += [
             Column("speedup", "speed-up (x)", "ratio"),
             Column("memory_ratio", "mem ratio (x)", "ratio"),
+            Column("step_memory_ratio", "step mem ratio (x)", "ratio"),
         ]
     columns += [
         Column("experiment", "experiment", "text", text=False),
@@ -170,6 +172,7 @@ def build_table(summaries: list[RunSummary], baseline: RunSummary | None, baseli
             "clips_per_s": s.clips_per_s,
             "tokens_per_s": s.tokens_per_s,
             "peak_mem_mb": s.peak_mem_mb,
+            "step_mem_mb": s.step_mem_mb,
         }
         row.update({p: r.params.get(p) for p in params})
         row.update({h: r.metrics.get(h) for h in headline})
@@ -180,6 +183,7 @@ def build_table(summaries: list[RunSummary], baseline: RunSummary | None, baseli
                 row[f"delta {primary}"] = mine - theirs if mine is not None and theirs is not None else None
             row["speedup"] = _ratio(s.clips_per_s, b.clips_per_s)
             row["memory_ratio"] = _ratio(b.peak_mem_mb, s.peak_mem_mb)
+            row["step_memory_ratio"] = _ratio(b.step_mem_mb, s.step_mem_mb)
         rows.append(row)
     notes = [baseline_note]
     if baseline is not None and (baseline.clips_per_s is None or baseline.peak_mem_mb is None):
