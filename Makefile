@@ -104,7 +104,7 @@ demo-sweep: setup
 # What a browser shows of a report (needs Debian's chromium: apt-get install chromium): a full-page PNG.
 REPORT ?= $(SWEEP_DIR)/report/report.html
 report-screenshot:
-	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,3000 \
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1800,3600 \
 	    --screenshot=$(dir $(REPORT))screenshot.png file://$(abspath $(REPORT))
 
 # Video-text: dense vs drop 0.5 vs drop 0.75 (+ Partial-MAE), quality against training time.

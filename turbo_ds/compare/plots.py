@@ -125,11 +125,14 @@ def eval_curves(table: Table, out_dir: Path) -> Plot:
 
 def throughput_memory(table: Table, out_dir: Path) -> Plot:
     plot = Plot("throughput_memory", "training throughput and peak memory per run")
-    fig, axes = _figure(2, width=5.5, height=max(2.5, 0.45 * len(table.summaries) + 1.2))
+    fig, axes = _figure(3, width=4.5, height=max(2.5, 0.45 * len(table.summaries) + 1.2))
     drawn = 0
-    for ax, attr, xlabel, what in (
-        (axes[0], "clips_per_s", "clips/s (training)", "throughput"),
-        (axes[1], "peak_mem_mb", "peak memory (MiB, the largest rank)", "peak memory"),
+    for i, (ax, attr, xlabel, what) in enumerate(
+        (
+            (axes[0], "clips_per_s", "clips/s (training)", "throughput"),
+            (axes[1], "peak_mem_mb", "peak memory (MiB, largest rank)", "peak memory"),
+            (axes[2], "step_mem_mb", "first step's tensors (MiB, largest rank)", "step memory"),
+        )
     ):
         have = [s for s in table.summaries if getattr(s, attr) is not None]
         plot.skipped += [f"{label(s.run)}: no {what}" for s in table.summaries if getattr(s, attr) is None]
@@ -139,6 +142,8 @@ def throughput_memory(table: Table, out_dir: Path) -> Plot:
         ax.barh(names, [getattr(s, attr) for s in have], color=[_color(table.summaries, s) for s in have])
         ax.invert_yaxis()  # the table's order, top to bottom
         ax.set_xlabel(xlabel)
+        if i and len(have) == len(table.summaries):
+            ax.tick_params(labelleft=False)  # the same rows as the first panel: its names say which
         drawn += len(have)
     if not drawn:
         return plot
@@ -174,9 +179,11 @@ def drop_ratio_tradeoff(table: Table, out_dir: Path) -> Plot:
                 plot.skipped.append(f"{label(s.run)}: no {what}")
                 continue
             points.append((s.drop_ratio, value, s))
+        shared = len({x for x, _, _ in points}) < len(points)  # runs that share a drop ratio need names
         for x, y, s in points:
             ax.scatter([x], [y], color=_color(table.summaries, s))
-            ax.annotate(s.run.name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
+            if shared:
+                ax.annotate(s.run.name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
         if len({x for x, _, _ in points}) == len(points) > 1:  # one run per drop ratio: a curve
             xs, ys, _ = zip(*sorted(points, key=lambda p: p[0]), strict=True)
             ax.plot(xs, ys, color="0.6", zorder=0)

@@ -65,7 +65,8 @@ DEFINITIONS = (
 
 _CSS = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; font-size: 0.9em; }
+table { border-collapse: collapse; font-size: 0.85em; }
+div.scroll { overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; }
 th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -97,7 +98,9 @@ def _table_html(table: Table) -> str:
             cells.append(f"<td{cls}{title}>{html.escape(text)}</td>")
         attr = f' class="{" ".join(classes)}"' if classes else ""
         rows.append(f"<tr{attr}>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    # In a scrolling box: a sweep's table is wider than a window, and the page must stay readable.
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'
 
 
 def _plot_html(plot: Plot) -> str:
