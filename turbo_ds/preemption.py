@@ -41,29 +41,43 @@ class Preempted(Exception):
         )
 
 
-class StopRequest:
-    """Records the first of ``signals`` this process receives; :meth:`agreed` decides collectively.
+class SignalHandlers:
+    """``handle`` installed for several signals, the previous handlers put back by :meth:`restore`
+    (a run inside a test or a notebook leaves no trace). Main thread only: Python delivers signals
+    there, and ``signal.signal`` refuses other threads (then nothing is installed)."""
 
-    Install in the main thread (Python delivers signals there) with :meth:`install`, and put the
-    previous handlers back with :meth:`restore` (a run inside a test or a notebook leaves no trace).
-    """
-
-    def __init__(self, signals: Sequence[str] = DEFAULT_SIGNALS):
-        self.signums = [signal_number(s) for s in signals]
-        self.received: int = 0
+    def __init__(self) -> None:
         self._previous: dict[int, object] = {}
 
-    def install(self) -> StopRequest:
+    def install_for(self, signums: Sequence[int]) -> None:
         if threading.current_thread() is not threading.main_thread():
-            return self  # signal.signal only works in the main thread; nothing to catch elsewhere
-        for s in self.signums:
+            return
+        for s in signums:
             self._previous[s] = signal.signal(s, self._handle)
-        return self
 
     def restore(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        raise NotImplementedError
+
+
+class StopRequest(SignalHandlers):
+    """Records the first of ``signals`` this process receives; :meth:`agreed` decides collectively.
+
+    Install with :meth:`install`, put the previous handlers back with :meth:`restore`.
+    """
+
+    def __init__(self, signals: Sequence[str] = DEFAULT_SIGNALS):
+        super().__init__()
+        self.signums = [signal_number(s) for s in signals]
+        self.received: int = 0
+
+    def install(self) -> StopRequest:
+        self.install_for(self.signums)
+        return self
 
     def _handle(self, signum: int, frame) -> None:
         # Only record: the loop may be inside a collective or a checkpoint write.

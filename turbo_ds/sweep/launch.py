@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from turbo_ds.preemption import SignalHandlers
+
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
@@ -97,23 +99,17 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-class SweepSignals:
+class SweepSignals(SignalHandlers):
     """Installed while the sweep runs: records the first stop signal and acts on the running child."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.received: int | None = None
         self.child: Child | None = None
-        self._previous: dict[int, object] = {}
 
     def install(self) -> SweepSignals:
-        for s in _HANDLED:
-            self._previous[s] = signal.signal(s, self._handle)
+        self.install_for(_HANDLED)
         return self
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous.clear()
 
     @property
     def exit_status(self) -> int:
