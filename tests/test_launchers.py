@@ -138,6 +138,9 @@ def reference(demo_data, tmp_path_factory) -> Path:
     for rank in (0, 1):
         assert f"rank {rank}: process group destroyed" in log
     assert "terminate called" not in log and (work / "out" / "mlflow.db").exists()
+    # DeepSpeed's CPU shared-memory all-reduce buffers (66 MB per rank, in RAM) are not left behind.
+    leftovers = list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
+    assert not leftovers, leftovers
     return work / "out"
 
 

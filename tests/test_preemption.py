@@ -149,6 +149,9 @@ def test_signal_on_one_rank_stops_all_then_resume_is_exact(run_a, demo_data, tmp
     assert run.info.status == "FINISHED" and run.data.tags["turbo_ds.resumed_at_step"] == str(stopped)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == list(range(1, STEPS + 1)), "the resumed run continues the same MLflow history"
+    # Training time goes on from the checkpoint (step 4's evaluation before the stop, the final one after)
+    times = [json.loads(x)["train/time_s"] for x in (out / "evals.jsonl").read_text().splitlines()]
+    assert len(times) == 2 and 0 < times[0] < times[1], times
 
 
 def _short_config(demo_data, tmp_path: Path, **sections) -> Path:

@@ -243,7 +243,7 @@ class Trainer:
         self.epoch = 0
         self.nonfinite_total = 0
         self.run_id = None
-        self.train_time_s = 0.0  # time in training steps (not evaluation or checkpointing), this process
+        self.train_time_s = 0.0  # time in training steps (not evaluation or checkpointing), whole run
         self.train_clips = 0
         # Token dropout / drop path differ per rank; they are seeded from (seed, rank).
         seed_everything(cfg.seed + 1000003 * (rank + 1))
@@ -306,6 +306,8 @@ class Trainer:
                 "epoch": self.epoch,
                 "data": self.train_loader.state_dict(),
                 "nonfinite_total": self.nonfinite_total,
+                "train_time_s": self.train_time_s,
+                "train_clips": self.train_clips,
                 "mlflow_run_id": self.run_id,
                 "world_size": self.world_size,
                 "config": config_to_dict(self.cfg),
@@ -329,6 +331,10 @@ class Trainer:
         state = client.get("turbo_ds", {})
         self.step, self.epoch = int(state.get("step", 0)), int(state.get("epoch", 0))
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        # Training time and clips go on from the checkpoint: train/time_s (quality against time) and
+        # train/avg_clips_per_s cover the whole run, not only the part since the last resume.
+        self.train_time_s = float(state.get("train_time_s", 0.0))
+        self.train_clips = int(state.get("train_clips", 0))
         self.run_id = state.get("mlflow_run_id")
         data_state = (rank_state or {}).get("data") or state.get("data")
         if data_state is not None:

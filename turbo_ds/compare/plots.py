@@ -59,35 +59,43 @@ def _color(summaries: list[RunSummary], s: RunSummary) -> str:
     return f"C{summaries.index(s) % 10}"  # the same colour for a run in every plot
 
 
+# The task's own loss beside the total: with Partial-MAE the total adds the MAE loss, which a dense run
+# (drop ratio 0: nothing to reconstruct) does not have, so totals alone mislead across drop ratios.
+TASK_LOSSES = ("train/cls_loss", "train/nce_loss")
+
+
 def loss_curves(table: Table, out_dir: Path, against_time: bool) -> Plot:
     name, what = ("loss_vs_time", "training time") if against_time else ("loss_vs_step", "step")
-    plot = Plot(name, f"train/loss against {what}")
-    fig, (ax,) = _figure()
+    keys = ["train/loss"] + [k for k in TASK_LOSSES if any(k in s.run.metrics for s in table.summaries)][:1]
+    plot = Plot(name, f"{' and '.join(keys)} against {what}")
+    fig, axes = _figure(len(keys))
     drawn = 0
-    for s in table.summaries:
-        points = s.run.history("train/loss")
-        if not points:
-            plot.skipped.append(f"{label(s.run)}: no train/loss")
-            continue
-        if against_time and s.axis is None:
-            plot.skipped.append(f"{label(s.run)}: no train/step_time_s for the time axis")
-            continue
-        x = [s.axis.at(step) if against_time else step for step, _ in points]
-        marker = "o" if len(points) <= 20 else None  # a run stopped after one window is a dot, not nothing
-        ax.plot(
-            x,
-            [v for _, v in points],
-            marker=marker,
-            ms=3,
-            label=_name(table, s),
-            color=_color(table.summaries, s),
-        )
-        drawn += 1
+    for ax, key in zip(axes, keys, strict=True):
+        for s in table.summaries:
+            points = s.run.history(key)
+            if not points:
+                plot.skipped.append(f"{label(s.run)}: no {key}")
+                continue
+            if against_time and s.axis is None:
+                plot.skipped.append(f"{label(s.run)}: no train/step_time_s for the time axis")
+                continue
+            x = [s.axis.at(step) if against_time else step for step, _ in points]
+            marker = "o" if len(points) <= 20 else None  # a run stopped after one window is a dot
+            ax.plot(
+                x,
+                [v for _, v in points],
+                marker=marker,
+                ms=3,
+                label=_name(table, s),
+                color=_color(table.summaries, s),
+            )
+            drawn += 1
+        ax.set_xlabel(TIME_LABEL if against_time else "step")
+        ax.set_ylabel(key + (" (task + MAE)" if key == "train/loss" and len(keys) > 1 else ""))
+    plot.skipped = list(dict.fromkeys(plot.skipped))
     if not drawn:
         return plot
-    ax.set_xlabel(TIME_LABEL if against_time else "step")
-    ax.set_ylabel("train/loss")
-    ax.legend(fontsize="small")
+    axes[0].legend(fontsize="small")
     return _save(fig, plot, out_dir)
 
 

@@ -8,6 +8,7 @@ and gloo on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -73,7 +74,24 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[int, int]:
             auto_mpi_discovery=False,
             timeout=datetime.timedelta(minutes=timeout_minutes),
         )
+        if not on_cuda and dist.get_world_size() > 1:
+            _unlink_shm_allreduce_buffer(dist.get_rank())
     return dist.get_rank(), dist.get_world_size()
+
+
+def _unlink_shm_allreduce_buffer(rank: int) -> None:
+    """DeepSpeed's CPU shared-memory all-reduce (ranks all on one machine) creates a 66 MB
+    ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` per rank and never unlinks it:
+    every run left them behind, in RAM (/dev/shm is a tmpfs), until the machine ran out of memory. Once
+    every rank has mapped every other rank's buffer (all did inside init, before the barrier) the names
+    can go; the mappings live on until the processes exit, even after a kill -9."""
+    name = "_".join(
+        ["deepspeed_allreduce_buffer", str(os.getuid()), os.environ.get("MASTER_ADDR", ""),
+         os.environ.get("MASTER_PORT", ""), str(rank)]
+    )  # fmt: skip
+    barrier()  # on every rank, file or not (one rank's stale file must not make it wait alone)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join("/dev/shm", name))
 
 
 def device() -> torch.device:
