@@ -5,46 +5,21 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from test_train import PY, ROOT, clean_env, launch, summaries, tiny_config, write_config
-
-STEPS = 6
+from test_train import STEPS, launch, summaries, write_config
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("export")
-    data = work / "demo"
-    subprocess.run(
-        [PY, "-m", "data_index", "demo", "--out", str(data), "--size", "tiny"],
-        cwd=ROOT,
-        env=clean_env(),
-        check=True,
-        capture_output=True,
-    )
-    out = work / "run"
-    cfg = tiny_config(
-        data,
-        out,
-        train={"max_steps": STEPS, "eval_every": 0},
-        checkpoint={"every_steps": 0},
-        data={"test_split": "val", "test_clips": 2},
-    )
-    launch(
-        [
-            "scripts/train.py",
-            "--ds_config",
-            "ds_configs/zero2.json",
-            "--config",
-            str(write_config(cfg, work / "cfg.yaml")),
-        ],
-        nprocs=2,
-    )
+@pytest.fixture
+def trained(run_a, tmp_path) -> Path:
+    """A copy of the session's reference 2-rank ZeRO-2 run (tests/conftest.py), which these tests write
+    into (a universal checkpoint beside its shards)."""
+    out = tmp_path / "trained"
+    shutil.copytree(run_a, out)
     return out
 
 
