@@ -21,6 +21,21 @@ from typing import Any
 from turbo_ds.config import ConfigError
 from turbo_ds.preemption import EXIT_PREEMPTED, Preempted
 
+
+def add_set_flag(p, help: str = "override a config value (repeatable)") -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable, into ``args.overrides``), as every entry point spells it."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=help
+    )
+
+
+def add_debug_flag(
+    p,
+    help: str = "a config or input error prints its traceback too; every rank says when its process group is gone",
+) -> None:
+    p.add_argument("--debug", action="store_true", help=help)
+
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

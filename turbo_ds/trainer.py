@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from turbo_ds.cli import add_debug_flag, add_set_flag
 from turbo_ds.config import TrainConfig, config_to_dict, flatten, load_config, save_config
 from turbo_ds.preemption import Preempted, StopRequest
 from turbo_ds.watchdog import StallWatchdog
@@ -410,14 +411,10 @@ class Trainer:
         # The rank's loaders share one file today; a set in case a task points one elsewhere.
         loaders = [self.train_loader, *self._eval_loaders.values()]
         files = sorted({str(loader.dataset.failures.path) for loader in loaders})
-        mine = errors.read_entries(files)
-        if final:
-            parts = self.engine.all_gather_object(mine)
-            entries = [{"rank": r, **e} for r, part in enumerate(parts) for e in part]
-            videos, occurrences = {e["path"] for e in entries}, len(entries)
-        else:  # mid-run: the paths and a count are enough
-            parts = self.engine.all_gather_object(({e["path"] for e in mine}, len(mine)))
-            videos, occurrences = set().union(*(p for p, _ in parts)), sum(n for _, n in parts)
+        # The entries are few (max_failures caps them), so every report gathers them whole.
+        parts = self.engine.all_gather_object(errors.read_entries(files))
+        entries = [{"rank": r, **e} for r, part in enumerate(parts) for e in part]
+        videos, occurrences = {e["path"] for e in entries}, len(entries)
         if not self.is_rank_0:
             return len(videos)
         where = Path(files[0]).parent
@@ -739,14 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train a token-dropout video ViT with DeepSpeed (turbo_ds).")
     p.add_argument("--config", required=True, help="experiment YAML (see configs/)")
     p.add_argument("--ds_config", required=True, help="DeepSpeed JSON (see ds_configs/)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value (repeatable)",
-    )
+    add_set_flag(p)
     p.add_argument(
         "--resume", default=None, help="'latest' (the run folder's latest checkpoint) or a checkpoint path"
     )
@@ -755,14 +745,6 @@ def build_parser() -> argparse.ArgumentParser:
     )  # passed by the deepspeed launcher
     add_debug_flag(p)
     return p
-
-
-def add_debug_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--debug",
-        action="store_true",
-        help="a config or input error prints its traceback too; every rank says when its process group is gone",
-    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -808,7 +790,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--clips", type=int, default=None, help="temporal views (default: data.test_clips)")
     p.add_argument("--crops", type=int, default=None, help="spatial views, 1 or 3 (default: data.test_crops)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_set_flag(p)
     p.add_argument("--output_dir", default=None, help="where eval_metrics.json and the MLflow store go")
     p.add_argument(
         "--trust-pickle",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from turbo_ds.cli import add_debug_flag, add_set_flag
 from turbo_ds.sweep.plan import DEFAULT_OUT
 
 
@@ -27,14 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=V1,V2",
         help="a varied key and its values, as YAML (repeatable: every combination runs)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="a config value every run gets (repeatable)",
-    )
+    add_set_flag(p, help="a config value every run gets (repeatable)")
     p.add_argument("--name", default=None, help="sweep name (default: <config stem>__<varied keys>)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"where the sweep folder goes (default {DEFAULT_OUT})")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep name)")
@@ -45,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="print the combinations and commands, run nothing")
     p.add_argument("--stop-on-failure", action="store_true", help="stop at the first run that fails")
-    p.add_argument("--debug", action="store_true", help="tracebacks for config errors, here and in the runs")
+    add_debug_flag(p, help="tracebacks for config errors, here and in the runs")
     return p
 
 
