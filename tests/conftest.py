@@ -30,7 +30,8 @@ def run_a(demo_data, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("run_a")
     out = work / "out"
     cfg = write_config(tiny_config(demo_data, out), work / "cfg.yaml")
-    launch(["scripts/train.py", "--ds_config", "ds_configs/zero2.json", "--config", str(cfg)], nprocs=2)
+    train = ["scripts/train.py", "--ds_config", "ds_configs/zero2.json", "--config", str(cfg)]
+    launch(train, nprocs=2, launcher="deepspeed")
     return out
 
 

@@ -88,27 +88,30 @@ def test_video_text_resume_is_exact(vt_run, tmp_path):
 
 
 def test_eval_script_on_a_video_text_checkpoint(vt_run, tmp_path):
+    """Both splits in one eval.py call (the checkpoint consolidated once), each split's metrics in its
+    own file and every one in one MLflow run."""
+    from mlflow.tracking import MlflowClient
+
     run_a, _ = vt_run
     final = json.loads((run_a / "final_metrics.json").read_text())
+    proc = launch(
+        ["scripts/eval.py", "--checkpoint", str(run_a / "checkpoints"), "--split", "test", "val"]
+        + ["--output_dir", str(tmp_path), "--set", "tracking.experiment=vt_eval"],
+        nprocs=1,
+    )
+    logged = {}
     for split, keys in (("test", ("align_r1", "align_roc_auc")), ("val", ("t2v_r1", "v2t_r5", "t2v_medr"))):
-        proc = launch(
-            [
-                "scripts/eval.py",
-                "--checkpoint",
-                str(run_a / "checkpoints"),
-                "--split",
-                split,
-                "--output_dir",
-                str(tmp_path / split),
-                "--set",
-                "tracking.enabled=false",
-            ],
-            nprocs=1,
-        )
-        got = json.loads((tmp_path / split / f"eval_{split}_metrics.json").read_text())
+        got = json.loads((tmp_path / f"eval_{split}_metrics.json").read_text())
+        assert all(k.startswith(f"eval_{split}/") for k in got), got
         for k in keys:
             assert got[f"eval_{split}/{k}"] == pytest.approx(final[f"{split}/{k}"], abs=1e-6), (split, k)
-        assert "R@1" in proc.stdout
+        logged.update(got)
+        assert f"on split '{split}'" in proc.stdout
+    assert "R@1" in proc.stdout and "alignment" in proc.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("vt_eval").experiment_id])
+    assert run.data.params["eval.split"] == "test,val" and run.info.run_name == "eval-checkpoints-test+val"
+    assert run.data.metrics == pytest.approx(logged)
 
 
 def test_export_then_eval_weights_of_a_video_text_run(vt_run, tmp_path):

@@ -398,6 +398,9 @@ class Trainer:
             yield from _iterate(self.train_loader)
             # A collective, safe here: the training sampler gives every rank the same number of
             # batches (drop_last), so all ranks finish an epoch at the same micro step.
+            self.watchdog.beat(
+                f"the other ranks at the end of epoch {self.epoch} (the data-failure report's all-gather)"
+            )
             self._report_data_failures(final=False)
             self.epoch += 1
 
@@ -786,7 +789,11 @@ def build_eval_parser() -> argparse.ArgumentParser:
         "--ds_config", default=str(Path(__file__).resolve().parents[1] / "ds_configs" / "zero0.json")
     )
     p.add_argument(
-        "--split", default=None, help="split to evaluate (default: data.test_split, else data.val_split)"
+        "--split",
+        nargs="+",
+        default=None,
+        help="split(s) to evaluate, e.g. --split val test: the weights are loaded once (default: "
+        "data.test_split, else data.val_split)",
     )
     p.add_argument("--clips", type=int, default=None, help="temporal views (default: data.test_clips)")
     p.add_argument("--crops", type=int, default=None, help="spatial views, 1 or 3 (default: data.test_crops)")
@@ -802,9 +809,30 @@ def build_eval_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _evaluate_split(
+    engine, task, cfg, split: str, specs, rank: int, world: int, out_dir: Path
+) -> tuple[dict[str, float], list[str]]:
+    """The metrics of every evaluation of ``split`` and the task's summary lines of them.
+    One evaluation: ``eval_{split}/...``; several that name their own prefix (long_video's modes):
+    ``eval_{their prefix}/...``, so that none overwrites another."""
+    prefixes = [f"eval_{s.metric_prefix}" if len(specs) > 1 and s.prefix else f"eval_{split}" for s in specs]
+    metrics: dict[str, float] = {}
+    for spec, prefix in zip(specs, prefixes, strict=True):
+        loader = build_loader(cfg, spec.data, spec.split, rank, world, out_dir)
+        metrics.update(
+            evaluate(engine, loader, spec.make_evaluator(), prefix=prefix, batch_keys=spec.batch_keys)
+        )
+        loader.close()
+    summary = [
+        line for p in dict.fromkeys(prefixes) for line in (task.summary(metrics, p) or "").splitlines()
+    ]
+    return metrics, summary
+
+
 def eval_main(argv: list[str] | None = None) -> dict[str, float]:
-    """Consolidate weights (any task, ZeRO stage, world size), run the task's evaluations of a split
-    with all tokens, print its summary, write ``eval_{split}_metrics.json`` and log to MLflow."""
+    """Consolidate weights (any task, ZeRO stage, world size), run the task's evaluations of each split
+    asked for with all tokens, print their summaries, write ``eval_{split}_metrics.json`` per split and
+    log them all to one MLflow run."""
     from turbo_ds.config import apply_overrides, config_from_dict, upgrade_stored_config
     from turbo_ds.engine import distributed
     from turbo_ds.engine.engine import Engine, resolve_ds_config
@@ -841,7 +869,7 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
             test_crops=args.crops or cfg.data.test_crops,
         ),
     )
-    split = args.split or cfg.data.test_split or cfg.data.val_split
+    splits = list(dict.fromkeys(args.split or [cfg.data.test_split or cfg.data.val_split]))
     rank, world = distributed.init_distributed()
     ds = resolve_ds_config(args.ds_config, cfg, world)
     seed_everything(cfg.seed)
@@ -853,38 +881,32 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError(
             f"weights from {source} do not fit the model: missing {missing}, unexpected {unexpected}"
         )
-    specs = task.eval_specs(split)
-    if not specs:
-        raise ValueError(f"task {cfg.task.name!r} has no evaluation for split {split!r}")
+    specs_of = {split: task.eval_specs(split) for split in splits}
+    for split, specs in specs_of.items():  # every split checked before the first is evaluated
+        if not specs:
+            raise ValueError(f"task {cfg.task.name!r} has no evaluation for split {split!r}")
     engine = Engine(task, ds, cfg)
     out_dir = Path(cfg.output_dir)
-    # One evaluation: eval_{split}/...; several that name their own prefix (long_video's modes):
-    # eval_{their prefix}/..., so that none overwrites another.
-    prefixes = [f"eval_{s.metric_prefix}" if len(specs) > 1 and s.prefix else f"eval_{split}" for s in specs]
     metrics: dict[str, float] = {}
-    for spec, prefix in zip(specs, prefixes, strict=True):
-        loader = build_loader(cfg, spec.data, spec.split, rank, world, out_dir)
-        metrics.update(
-            evaluate(engine, loader, spec.make_evaluator(), prefix=prefix, batch_keys=spec.batch_keys)
-        )
-        loader.close()
-    if engine.is_rank_0:
-        print(f"[turbo_ds] {source} on split '{split}':", flush=True)
-        for prefix in dict.fromkeys(prefixes):
-            for line in (task.summary(metrics, prefix) or "").splitlines():
+    for split, specs in specs_of.items():
+        split_metrics, summary = _evaluate_split(engine, task, cfg, split, specs, rank, world, out_dir)
+        if engine.is_rank_0:
+            print(f"[turbo_ds] {source} on split '{split}':", flush=True)
+            for line in summary:
                 print(f"[turbo_ds]   {line}", flush=True)
-        write_json(metrics, out_dir / f"eval_{split}_metrics.json")
+            write_json(split_metrics, out_dir / f"eval_{split}_metrics.json")
+        metrics.update(split_metrics)
     t = cfg.tracking
     tracker = create_tracker(
         t.enabled,
         engine.is_rank_0,
         out_dir,
         t.experiment,
-        f"eval-{Path(source).name}-{split}",
+        f"eval-{Path(source).name}-{'+'.join(splits)}",
         t.tracking_uri,
     )
     tracker.log_params(
-        {"eval.source": source, "eval.split": split, "world_size": world, **task.tracking_params()}
+        {"eval.source": source, "eval.split": ",".join(splits), "world_size": world, **task.tracking_params()}
     )
     tracker.log_metrics(metrics, step=0)
     tracker.finish()
