@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import torch  # noqa: E402
 from turbo_ds.models.config import ViTConfig  # noqa: E402
 from turbo_ds.plan import DecoderShape, StateSetup, Workload, plan  # noqa: E402
 from turbo_ds.plan.params import count_on_meta  # noqa: E402
-from turbo_ds.plan.probe import build_core, workload_to_json  # noqa: E402
+from turbo_ds.plan.probe import build_core, measure_in_fresh_process  # noqa: E402
 
 MiB = 2**20
 PRESETS = {
@@ -91,15 +90,8 @@ def workload(preset: dict, setting: Setting, frames: int) -> Workload:
 
 def measure(w: Workload, device: str) -> dict:
     """One probe: the step's measured peak (and time); {"oom": True} when a GPU runs out."""
-    if device == "cpu":
-        cmd = [sys.executable, "-m", "turbo_ds.plan.probe", "--workload", workload_to_json(w), "--steps", "2"]
-        res = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-        lines = [ln for ln in res.stdout.splitlines() if ln.startswith("PROBE_RESULT ")]
-        if res.returncode != 0 or not lines:
-            raise RuntimeError(
-                f"probe failed ({res.returncode}):\n" + "\n".join(res.stderr.splitlines()[-8:])
-            )
-        return json.loads(lines[0].split(" ", 1)[1])
+    if device == "cpu":  # the CPU count needs a process whose every allocation it sees
+        return measure_in_fresh_process(w, device, steps=2)
     from turbo_ds.plan.probe import measure_core_step
 
     gc.collect()

@@ -18,7 +18,7 @@ from turbo_ds.plan.fit import largest
 from turbo_ds.plan.measure import PeakMemory, live_tensor_bytes
 from turbo_ds.plan.model_states import deepspeed_estimate, states_without_buffers
 from turbo_ds.plan.params import ParamCounts, count_on_meta
-from turbo_ds.plan.probe import build_core, workload_to_json
+from turbo_ds.plan.probe import build_core, measure_in_fresh_process
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 2**20
@@ -39,9 +39,7 @@ def core_plan(w: Workload):
 
 
 def probe(w: Workload) -> int:
-    cmd = [sys.executable, "-m", "turbo_ds.plan.probe", "--workload", workload_to_json(w)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
-    return json.loads(out.split("PROBE_RESULT ", 1)[1])["peak_bytes"]
+    return measure_in_fresh_process(w)["peak_bytes"]
 
 
 # ---- model states ------------------------------------------------------------------------------
@@ -125,6 +123,14 @@ def test_planner_within_15_percent_of_a_measured_model_core_step(w):
     measured = probe(w)
     predicted = core_plan(w).total
     assert abs(predicted / measured - 1) < 0.15, (predicted / MiB, measured / MiB)
+
+
+def test_a_probe_is_a_fresh_process_and_its_errors_come_back():
+    w = tiny_workload()
+    first, again = measure_in_fresh_process(w), measure_in_fresh_process(w)
+    assert first["peak_bytes"] == again["peak_bytes"] > 0  # nothing carried over from the last probe
+    with pytest.raises(RuntimeError, match="device"):
+        measure_in_fresh_process(w, device="no_such_device")
 
 
 def test_planner_within_15_percent_of_a_measured_deepspeed_run(demo_data, tmp_path):

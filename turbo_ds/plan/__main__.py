@@ -125,27 +125,11 @@ def run(args) -> dict:
 
 def measure(args, workload, device: str) -> dict:
     """The real peak: the model core (``--core``) or the trainer's steps, in fresh subprocesses."""
-    import subprocess
 
     if args.core:
-        from turbo_ds.plan.probe import workload_to_json
+        from turbo_ds.plan.probe import measure_in_fresh_process
 
-        cmd = [
-            sys.executable,
-            "-m",
-            "turbo_ds.plan.probe",
-            "--workload",
-            workload_to_json(workload),
-            "--device",
-            device,
-            "--steps",
-            str(args.steps),
-        ]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        line = [ln for ln in res.stdout.splitlines() if ln.startswith("PROBE_RESULT ")]
-        if res.returncode != 0 or not line:
-            raise RuntimeError("model-core measurement failed:\n" + "\n".join(res.stderr.splitlines()[-10:]))
-        return json.loads(line[0].split(" ", 1)[1])
+        return measure_in_fresh_process(workload, device, args.steps)
     from turbo_ds.plan.measure_run import measure_config
 
     return measure_config(

@@ -4,15 +4,22 @@
 workload describes, runs ``steps`` full training steps (forward, backward, AdamW step) on synthetic
 clips, and returns the peak tensor memory of the whole process (model states included) measured by
 :class:`turbo_ds.plan.measure.PeakMemory`. No deepspeed, data loader or tracking is involved, so it
-runs on a bare GPU machine. Run it in a fresh subprocess (``python -m turbo_ds.plan.probe``) so the
-CPU measurement sees every allocation from an empty start.
+runs on a bare GPU machine. :func:`measure_in_fresh_process` runs it in a new process, so that the
+measurement sees every allocation from an empty start (``python -m turbo_ds.plan.probe`` does the same
+from a shell).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import torch
 
@@ -97,7 +104,39 @@ def measure_core_step(workload: Workload, device: str | torch.device = "cpu", st
     }
 
 
-# ---- subprocess entry point: one workload as JSON in, one result as JSON out -----------------------
+# What every probe process needs imported: forked from a server that holds them, a probe starts in
+# well under a second instead of ~5 s (torch, and torch._dynamo, which AdamW imports on first use).
+_PRELOAD = ["torch", "torch._dynamo", "turbo_ds.models", __name__]
+
+
+def measure_in_fresh_process(workload: Workload, device: str = "cpu", steps: int = 2) -> dict:
+    """:func:`measure_core_step` in a new process of its own, its allocator and CUDA context fresh.
+
+    The process is forked from a ``forkserver`` that has imported torch and turbo_ds but never made a
+    tensor or touched CUDA, so each probe still starts from an empty memory state. Its stderr (the
+    profiler's banners) is kept out of the caller's and shown only when the probe dies (a CPU probe
+    killed for memory): ``RuntimeError``. A probe that raises passes its exception on
+    (``torch.OutOfMemoryError`` on a GPU that runs out)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)  # read when the server starts: once per calling process
+    with (
+        tempfile.NamedTemporaryFile("w+", suffix=".probe.log") as log,
+        ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool,
+    ):
+        try:
+            return pool.submit(_measure_logging_to, log.name, workload, device, steps).result()
+        except BrokenProcessPool as e:
+            tail = "\n".join(Path(log.name).read_text(errors="replace").splitlines()[-8:])
+            raise RuntimeError(f"the probe of {workload.num_frames} frames died ({e}):\n{tail}") from e
+
+
+def _measure_logging_to(log_path: str, workload: Workload, device: str, steps: int) -> dict:
+    with open(log_path, "w") as log:
+        os.dup2(log.fileno(), 2)
+    return measure_core_step(workload, device, steps)
+
+
+# ---- shell entry point: one workload as JSON in, one result as JSON out ----------------------------
 def workload_to_json(w: Workload) -> str:
     import dataclasses
 
