@@ -60,16 +60,17 @@ def test_watchdog_names_the_rank_and_what_it_waited_for():
         fired.append(msg)
         done.set()
 
-    with StallWatchdog(0.3, rank=3, on_stall=on_stall, poll_s=0.02) as dog:
-        for _ in range(10):  # beats keep coming: no stall
+    # Beats 0.1 s apart against a 1 s timeout: a busy machine's scheduling delays stay far below it.
+    with StallWatchdog(1.0, rank=3, on_stall=on_stall, poll_s=0.02) as dog:
+        for _ in range(15):  # beats keep coming: no stall
             dog.beat("the next training batch")
             time.sleep(0.1)
         assert not fired
         dog.beat("step 7's collectives")
         assert done.wait(5)
     assert len(fired) == 1
-    assert fired[0].startswith("rank 3 stalled: no progress for 0 s while waiting for step 7's collectives")
-    assert "train.stall_timeout_s = 0.3" in fired[0]
+    assert fired[0].startswith("rank 3 stalled: no progress for 1 s while waiting for step 7's collectives")
+    assert "train.stall_timeout_s = 1" in fired[0]
     assert not StallWatchdog(0, rank=0).start().enabled  # 0 = off: no thread
 
 
