@@ -131,3 +131,17 @@ def test_cli_error_line_on_slurm_rank_0_only(monkeypatch, capsys, procid, printe
 
     assert run_cli(bad_config, []) == EXIT_USAGE
     assert ("turbo_ds: error: config key 'optim.lr'" in capsys.readouterr().err) is printed
+
+
+@pytest.mark.parametrize(
+    ("local_rank", "visible", "device"),
+    [(0, 8, 0), (3, 8, 3), (7, 8, 7), (3, 1, 0), (0, 1, 0)],
+    ids=["first-of-node", "own-of-node", "last-of-node", "gpus-per-task", "single"],
+)
+def test_cuda_device_of_a_rank(local_rank, visible, device):
+    assert distributed.cuda_device_index(local_rank, visible) == device
+
+
+def test_two_ranks_on_one_gpu_is_an_error():
+    with pytest.raises(ValueError, match=r"local rank 2 but this process sees 2 GPU\(s\)"):
+        distributed.cuda_device_index(2, 2)

@@ -36,6 +36,20 @@ def env_local_rank() -> int:
     return int(_env("LOCAL_RANK", "0"))
 
 
+def cuda_device_index(local_rank: int, visible: int) -> int:
+    """The CUDA device of a rank: its local rank among the GPUs it sees, or device 0 when it sees exactly
+    one (a scheduler that gives every task its own GPU: ``srun --gpus-per-task=1``, or a
+    CUDA_VISIBLE_DEVICES per rank). Any other shortfall would put two ranks on one GPU: an error."""
+    if local_rank < visible:
+        return local_rank
+    if visible == 1:
+        return 0
+    raise ValueError(
+        f"local rank {local_rank} but this process sees {visible} GPU(s): start at most {visible} "
+        "rank(s) per node, or give each rank one GPU (srun --gpus-per-task=1 / CUDA_VISIBLE_DEVICES)"
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,7 +73,7 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[int, int]:
     accel = get_accelerator()
     on_cuda = accel.device_name() == "cuda"
     if on_cuda:
-        accel.set_device(env_local_rank())
+        accel.set_device(cuda_device_index(env_local_rank(), torch.cuda.device_count()))
     else:
         # Several CPU ranks on one machine: share the cores instead of oversubscribing them.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "0")) or 0)
@@ -99,7 +113,7 @@ def device() -> torch.device:
 
     accel = get_accelerator()
     if accel.device_name() == "cuda":
-        return torch.device("cuda", env_local_rank())
+        return torch.device("cuda", cuda_device_index(env_local_rank(), torch.cuda.device_count()))
     return torch.device("cpu")
 
 

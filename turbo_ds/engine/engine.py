@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import deepspeed
@@ -42,8 +43,12 @@ class Engine:
             return self.schedule
 
         self.schedule: WarmupCosineSchedule | None = None
+        # DeepSpeed would take device LOCAL_RANK; device_rank tells it the one init_distributed chose
+        # (on the CPU, where the index means nothing, the local rank as DeepSpeed would).
+        dev = distributed.device()
+        args = SimpleNamespace(device_rank=dev.index if dev.type == "cuda" else distributed.env_local_rank())
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
-            model=module, model_parameters=groups, config=ds_config, lr_scheduler=make_schedule
+            args=args, model=module, model_parameters=groups, config=ds_config, lr_scheduler=make_schedule
         )
         self.module = self.ds.module
         self.device = self.ds.device
