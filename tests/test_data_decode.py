@@ -127,17 +127,24 @@ def test_decord_bad_width_falls_back_to_pyav(tmp_path):
     assert np.abs(out.astype(int) - frames[[2, 7]].astype(int)).mean() < 6
 
 
-def test_decord_failure_falls_back_to_pyav(video, monkeypatch):
+def test_decord_failure_falls_back_to_pyav_and_is_remembered(video, monkeypatch):
     path, _ = video
+    decord_calls = []
 
     def boom(*a, **k):
+        decord_calls.append(a[0])
         raise DecodeError(path, "read-failed", "simulated")
 
     monkeypatch.setattr(dec, "decode_decord", boom)
+    monkeypatch.setattr(dec, "_PYAV_ONLY", set())  # this process's memo, empty for the test
     out, used = decode_frames(path, [1, 2], backend="decord", num_frames=30)
-    assert used == "pyav" and out.shape[0] == 2
-    with pytest.raises(DecodeError):
+    assert used == "pyav" and out.shape[0] == 2 and decord_calls == [path]
+    # The next clip of that video goes straight to PyAV: decord is not tried again.
+    out, used = decode_frames(path, [5, 9, 11], backend="decord", num_frames=30)
+    assert used == "pyav" and out.shape[0] == 3 and decord_calls == [path]
+    with pytest.raises(DecodeError):  # no fallback asked for: decord, as told
         decode_frames(path, [1, 2], backend="decord", num_frames=30, fallback=False)
+    assert decord_calls == [path, path]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

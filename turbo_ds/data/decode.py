@@ -21,6 +21,10 @@ BACKENDS = ("decord", "pyav", "auto")
 # Output widths decord 0.6 cannot copy out (its row padding breaks the copy: e.g. 16, 24, 48, 72 px);
 # learnt per process so later samples at that width go straight to PyAV.
 _DECORD_BAD_WIDTHS: set[int] = set()
+# Videos decord failed on and PyAV then decoded, learnt per process (bounded) so that later clips of
+# them go straight to PyAV instead of failing in decord first every time.
+_PYAV_ONLY: set[str] = set()
+_PYAV_ONLY_MAX = 100_000
 
 
 class DecodeError(RuntimeError):
@@ -253,7 +257,8 @@ def decode_frames(
 
 
 def _decode_with_fallback(path, indices, backend, num_frames, size, fallback) -> tuple[np.ndarray, str]:
-    if backend == "pyav" or (fallback and size is not None and size[0] in _DECORD_BAD_WIDTHS):
+    bad_width = size is not None and size[0] in _DECORD_BAD_WIDTHS
+    if backend == "pyav" or (fallback and (bad_width or path in _PYAV_ONLY)):
         return decode_pyav(path, indices, num_frames, size), "pyav"
     try:
         return decode_decord(path, indices, num_frames, size), "decord"
@@ -263,6 +268,9 @@ def _decode_with_fallback(path, indices, backend, num_frames, size, fallback) ->
         if size is not None and "size must exactly match" in e.detail:
             _DECORD_BAD_WIDTHS.add(size[0])
         try:
-            return decode_pyav(path, indices, num_frames, size), "pyav"
+            frames = decode_pyav(path, indices, num_frames, size)
         except DecodeError as e2:
             raise DecodeError(path, e2.reason, f"{e.detail}; {e2.detail}") from e2
+        if len(_PYAV_ONLY) < _PYAV_ONLY_MAX:
+            _PYAV_ONLY.add(path)
+        return frames, "pyav"
