@@ -124,8 +124,7 @@ def run(args) -> dict:
 
 
 def measure(args, workload, device: str) -> dict:
-    """The real peak: the model core (``--core``) or the trainer's steps, in fresh subprocesses."""
-
+    """The real peak: the model core (``--core``) or the trainer's steps, in fresh processes."""
     if args.core:
         from turbo_ds.plan.probe import measure_in_fresh_process
 
