@@ -259,3 +259,25 @@ def test_a_rank_whose_peer_stalls_exits_124_naming_it(demo_data, tmp_path):
     (line,) = [ln for ln in err.splitlines() if ln.startswith("turbo_ds: error:")]
     assert re.match(r"turbo_ds: error: rank 0 stalled: no progress for \d+ s while waiting for ", line), line
     assert "collectives with all 2 rank(s)" in line or "the other ranks" in line, line
+
+
+def test_epoch_end_collective_is_named_to_the_watchdog():
+    """At an epoch's end the batch generator runs the data-failure report, an all-gather over every rank:
+    a peer stopped there must read as waiting for the other ranks, not for the DataLoader."""
+    from types import SimpleNamespace
+
+    from turbo_ds.trainer import Trainer
+
+    dog = StallWatchdog(0, rank=0)
+    seen: list[str] = []
+
+    class Loader(list):
+        def set_epoch(self, epoch):
+            pass
+
+    fake = SimpleNamespace(train_loader=Loader([{"i": 0}, {"i": 1}]), watchdog=dog, epoch=0)
+    fake._report_data_failures = lambda final: seen.append(dog.waiting_for)
+    batches = Trainer._batches(fake)
+    assert [next(batches)["i"] for _ in range(3)] == [0, 1, 0]  # epoch 0, then epoch 1 starts
+    assert seen == ["the other ranks at the end of epoch 0 (the data-failure report's all-gather)"]
+    assert fake.epoch == 1
