@@ -119,9 +119,9 @@ def test_loop_runs_a_task_it_has_never_heard_of(demo_data, tmp_path, monkeypatch
     for k in LAUNCH_ENV_KEYS:
         monkeypatch.delenv(k, raising=False)
     cfg_path = tmp_path / "toy.yaml"
-    cfg_path.write_text(
-        yaml.safe_dump(_config(demo_data, tmp_path / "out", {"name": "toy_brightness", "target_scale": 2.0}))
-    )
+    cfg = _config(demo_data, tmp_path / "out", {"name": "toy_brightness", "target_scale": 2.0})
+    cfg["train"]["progress_bar"] = True
+    cfg_path.write_text(yaml.safe_dump(cfg))
     final = trainer.main(["--config", str(cfg_path), "--ds_config", str(ROOT / "ds_configs" / "zero0.json")])
     assert final["step"] == 3.0
     assert final["val/num_clips"] == 4.0  # every val clip of the tiny demo, once
@@ -129,6 +129,9 @@ def test_loop_runs_a_task_it_has_never_heard_of(demo_data, tmp_path, monkeypatch
     assert "train/mse" in final and "val/top1" not in final
     printed = capsys.readouterr().out
     assert "toy val: brightness error" in printed
+    # rank 0's bars: the training steps, and each evaluation's batches (4 val clips, 2 a batch)
+    assert "train: " in printed and "3/3" in printed
+    assert "eval val: " in printed and "/2 [" in printed
     saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
     assert saved["task"]["target_scale"] == 2.0  # resolved options are written flat, as in a config
 

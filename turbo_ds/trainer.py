@@ -16,7 +16,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,14 @@ def _iterate(loader) -> Iterator[dict[str, Any]]:
 
 
 @torch.no_grad()
+def _progress(iterable=None, **kwargs):
+    """A tqdm bar on stdout, as the trainer draws them (a log file gets a line every 15 s)."""
+    from tqdm import tqdm
+
+    interval = 0.5 if sys.stdout.isatty() else 15.0
+    return tqdm(iterable, dynamic_ncols=True, file=sys.stdout, mininterval=interval, **kwargs)
+
+
 def evaluate(
     engine,
     loader,
@@ -147,10 +155,11 @@ def evaluate(
     prefix: str = "val",
     batch_keys: dict[str, Any] | None = None,
     heartbeat: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Run the task on every batch of this rank's share of a split (with ``batch_keys`` added to each,
     see ``EvalSpec.batch_keys``), feed ``evaluator`` (default: a weighted mean of losses and metrics)
-    and return its cross-rank result as ``{prefix}/name``.
+    and return its cross-rank result as ``{prefix}/name``. ``progress``: a bar on rank 0.
 
     All ranks run the same number of forwards (ZeRO-3 gathers parameters collectively): a rank whose
     share is exhausted repeats its last batch, and that output is not given to the evaluator.
@@ -165,8 +174,11 @@ def evaluate(
     n_batches = int(engine.all_reduce_max(torch.tensor(float(n_local))).item())
     last = None
     it = _iterate(loader)
+    steps: Iterable[int] = range(n_batches)
+    if progress and engine.is_rank_0 and n_batches > 1:
+        steps = _progress(steps, desc=f"eval {prefix}", unit="batch", leave=False)
     with rng_untouched():
-        for i in range(n_batches):
+        for i in steps:
             if heartbeat is not None:
                 heartbeat(f"evaluation '{prefix}' batch {i + 1} of {n_batches} (data, forward, collectives)")
             batch = next(it, None) if i < n_local else None
@@ -376,6 +388,7 @@ class Trainer:
                     prefix=spec.metric_prefix,
                     batch_keys=spec.batch_keys,
                     heartbeat=self.watchdog.beat,
+                    progress=self.cfg.train.progress_bar,
                 )
             )
         return metrics
@@ -549,16 +562,7 @@ class Trainer:
     def _progress_bar(self):
         if not (self.is_rank_0 and self.cfg.train.progress_bar):
             return None
-        from tqdm import tqdm
-
-        return tqdm(
-            total=self.cfg.train.max_steps,
-            initial=self.step,
-            desc="train",
-            dynamic_ncols=True,
-            file=sys.stdout,
-            mininterval=0.5 if sys.stdout.isatty() else 15.0,  # a log file gets a line every 15 s
-        )
+        return _progress(None, total=self.cfg.train.max_steps, initial=self.step, desc="train")
 
     def _record_eval(self, metrics: dict[str, float]) -> None:
         """Log one evaluation with the training time so far (quality against wall-clock time:
@@ -820,7 +824,14 @@ def _evaluate_split(
     for spec, prefix in zip(specs, prefixes, strict=True):
         loader = build_loader(cfg, spec.data, spec.split, rank, world, out_dir)
         metrics.update(
-            evaluate(engine, loader, spec.make_evaluator(), prefix=prefix, batch_keys=spec.batch_keys)
+            evaluate(
+                engine,
+                loader,
+                spec.make_evaluator(),
+                prefix=prefix,
+                batch_keys=spec.batch_keys,
+                progress=cfg.train.progress_bar,
+            )
         )
         loader.close()
     summary = [
