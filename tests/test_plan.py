@@ -18,7 +18,7 @@ from turbo_ds.plan.fit import largest
 from turbo_ds.plan.measure import PeakMemory, live_tensor_bytes
 from turbo_ds.plan.model_states import deepspeed_estimate, states_without_buffers
 from turbo_ds.plan.params import ParamCounts, count_on_meta
-from turbo_ds.plan.probe import build_core, measure_in_fresh_process
+from turbo_ds.plan.probe import build_core, measure_in_fresh_process, workload_to_json
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 2**20
@@ -126,9 +126,13 @@ def test_planner_within_15_percent_of_a_measured_model_core_step(w):
 
 
 def test_a_probe_is_a_fresh_process_and_its_errors_come_back():
-    w = tiny_workload()
+    w = tiny_workload(drop=0.5, ckpt=True, pmae=True)
     first, again = measure_in_fresh_process(w), measure_in_fresh_process(w)
     assert first["peak_bytes"] == again["peak_bytes"] > 0  # nothing carried over from the last probe
+    # The same bytes as a process started from a shell, which imports everything itself.
+    cmd = [sys.executable, "-m", "turbo_ds.plan.probe", "--workload", workload_to_json(w)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert json.loads(out.split("PROBE_RESULT ", 1)[1])["peak_bytes"] == first["peak_bytes"]
     with pytest.raises(RuntimeError, match="device"):
         measure_in_fresh_process(w, device="no_such_device")
 

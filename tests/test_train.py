@@ -68,9 +68,9 @@ def write_config(cfg: dict, path: Path) -> Path:
 def launch(
     args: list[str], nprocs: int, timeout: int = 300, launcher: str = "torchrun"
 ) -> subprocess.CompletedProcess:
-    """``python args`` on one process, or on ``nprocs`` local ranks under ``launcher``: torchrun (8 s
-    faster to start: one process importing torch, where deepspeed's runner and its per-node launcher
-    each import DeepSpeed) or ``"deepspeed"``, the README's launcher, which the reference run
+    """``python args`` on one process, or on ``nprocs`` local ranks under ``launcher``: torchrun (quicker
+    to start: one process importing torch, where deepspeed's runner and its per-node launcher each
+    import DeepSpeed) or ``"deepspeed"``, the README's launcher, which the reference run
     (conftest.run_a), tests/test_launchers.py, tests/test_exits.py and the preemption test use."""
     port = str(_free_port())
     if nprocs > 1 and launcher == "deepspeed":

@@ -16,18 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 
 RESULT = "MEASURED "
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank_main(args) -> None:
@@ -76,6 +69,8 @@ def measure_config(
     timeout_s: float = 900,
 ) -> dict:
     """Run ``world`` rank processes of this module and collect their peaks (bytes)."""
+    from turbo_ds.engine.distributed import free_port
+
     out_dir = tempfile.mkdtemp(prefix="turbo_plan_measure_")
     overrides = list(overrides or []) + [
         f"output_dir={out_dir}/run",
@@ -87,7 +82,7 @@ def measure_config(
         "optim.warmup_steps=0",
         "token_dropout.final_dense_steps=0",
     ]
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(world):
         env = dict(

@@ -104,8 +104,8 @@ def measure_core_step(workload: Workload, device: str | torch.device = "cpu", st
     }
 
 
-# What every probe process needs imported: forked from a server that holds them, a probe starts in
-# well under a second instead of ~5 s (torch, and torch._dynamo, which AdamW imports on first use).
+# What every probe process needs imported: forked from a server that holds them, a probe does not
+# import them again (torch, and torch._dynamo, which AdamW imports on first use).
 _PRELOAD = ["torch", "torch._dynamo", "turbo_ds.models", __name__]
 
 

@@ -118,10 +118,6 @@ class SweepSignals(SignalHandlers):
 
         return EXIT_INTERRUPTED if self.received == signal.SIGINT else EXIT_PREEMPTED
 
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.received).name if self.received else ""
-
     def attach(self, child: Child | None) -> None:
         """The child signals now go to (None: between runs). A signal that came while it started is
         passed on at once."""

@@ -26,19 +26,13 @@ SWEEP_FILE = "sweep.json"
 Runner = Callable[[Sweep, Combination, SweepSignals], int]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(sweep: Sweep, combo: Combination, signals: SweepSignals) -> int:
+    from turbo_ds.engine.distributed import free_port
+
     # The trainer prefers $MLFLOW_TRACKING_URI to tracking.tracking_uri: a --tracking-uri given to the
     # sweep must win over one in the environment, so the runs get the sweep's store in both.
     env = {**os.environ, "MLFLOW_TRACKING_URI": sweep.tracking_uri}
-    child = Child(sweep.command(combo, _free_port()), TRAIN_SCRIPT, env)
+    child = Child(sweep.command(combo, free_port()), TRAIN_SCRIPT, env)
     signals.attach(child)
     try:
         return child.wait()
