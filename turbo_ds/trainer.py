@@ -138,7 +138,6 @@ def _iterate(loader) -> Iterator[dict[str, Any]]:
 # --------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
 def _progress(iterable=None, **kwargs):
     """A tqdm bar on stdout, as the trainer draws them (a log file gets a line every 15 s)."""
     from tqdm import tqdm
@@ -147,6 +146,7 @@ def _progress(iterable=None, **kwargs):
     return tqdm(iterable, dynamic_ncols=True, file=sys.stdout, mininterval=interval, **kwargs)
 
 
+@torch.no_grad()  # no autograd graph: evaluation memory is that of inference
 def evaluate(
     engine,
     loader,
