@@ -293,3 +293,32 @@ def test_loader_rank_shares_cover_the_split(tiny_demo):  # noqa: F811
         seen.append([i for b in dl for i in b["sample_idx"].tolist()])
     assert len(seen[0]) == len(seen[1]) == 4
     assert sorted(seen[0] + seen[1]) == list(range(8))
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_a_script_with_a_live_loader_exits_at_once(tiny_demo, persistent):  # noqa: F811
+    """Workers ignore SIGTERM (a scheduler's signal is the rank's to handle), which is what
+    multiprocessing sends its daemonic children at interpreter exit before joining them: a script that
+    ends with its iterator alive hung forever."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys\n"
+        "from turbo_ds.data import build_dataloader\n"
+        "loader = build_dataloader(sys.argv[1], split='train', num_frames=4, stride=2, img_size=32,\n"
+        f"    batch_size=2, num_workers=2, persistent_workers={persistent})\n"
+        "it = iter(loader)\n"
+        "print(tuple(next(it)['video'].shape), flush=True)\n"
+    )
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_demo / "actions.parquet")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "(2, 3, 4, 32, 32)"
+    assert time.monotonic() - start < 30  # it hung until the timeout before

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import weakref
 
 from torch.utils.data import DataLoader
 
@@ -15,9 +17,40 @@ from turbo_ds.data.schema import VideoIndex
 from turbo_ds.data.transforms import ClipTransform
 
 
+# Every iterator that started worker processes, until it is garbage collected: see _stop_workers_at_exit.
+_worker_iterators: weakref.WeakSet = weakref.WeakSet()
+
+
+def _stop_workers(iterator) -> None:
+    """Shut an iterator's workers down (end-of-data sentinel, join), then SIGKILL any still alive: they
+    ignore SIGTERM, the signal torch's and multiprocessing's own last resort sends."""
+    if hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    for w in getattr(iterator, "_workers", ()):
+        if w.is_alive():
+            w.kill()
+            w.join()
+
+
+@atexit.register
+def _stop_workers_at_exit() -> None:
+    """A script that ends with a live iterator (a notebook, a benchmark, any library use) would hang:
+    at exit torch skips its worker shutdown and multiprocessing SIGTERMs its daemonic children, then
+    joins them, and our workers ignore SIGTERM (:func:`ignore_stop_signals`). Registered after torch and
+    multiprocessing imported (atexit runs last-registered first), so this runs before both."""
+    for iterator in list(_worker_iterators):
+        _stop_workers(iterator)
+
+
 class ResumableDataLoader(DataLoader):
     """A DataLoader that tells its :class:`ShardedSampler` how many samples were consumed, so
     ``loader.sampler.state_dict()`` is exact even with workers prefetching ahead."""
+
+    def _get_iterator(self):
+        iterator = super()._get_iterator()
+        if self.num_workers > 0:
+            _worker_iterators.add(iterator)
+        return iterator
 
     def __iter__(self):
         for batch in super().__iter__():
@@ -39,8 +72,8 @@ class ResumableDataLoader(DataLoader):
     def close(self) -> None:
         """Stop the worker processes now (persistent workers otherwise live until garbage collection)."""
         it = getattr(self, "_iterator", None)
-        if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
+        if it is not None:
+            _stop_workers(it)
         self._iterator = None
 
 
