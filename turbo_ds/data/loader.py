@@ -16,7 +16,6 @@ from turbo_ds.data.sampling import FrameSampler
 from turbo_ds.data.schema import VideoIndex
 from turbo_ds.data.transforms import ClipTransform
 
-
 # Every iterator that started worker processes, until it is garbage collected: see _stop_workers_at_exit.
 _worker_iterators: weakref.WeakSet = weakref.WeakSet()
 
