@@ -68,6 +68,7 @@ def log_run(
                 Metric("train/clips_per_s", CLIPS_PER_STEP / step_time, ts, step),
                 Metric("train/tokens_per_s", 1000.0 / step_time, ts, step),
                 Metric("train/peak_mem_mb", peak * (1.0 if step == steps[-1] else 0.9), ts, step),
+                Metric("train/data_wait_frac", 0.4 if i == 0 else 0.1 * i, ts, step),  # warm-up first
             ]
     if top1 is not None:
         ts, last = T0 + start + 1000 * steps[-1] + 500, steps[-1]
@@ -139,6 +140,8 @@ def test_table_values_against_the_drop0_baseline(sweep):
     # training time = sum of step_time_s x window steps: 0.5 x 10 + 0.5 x 10
     assert [rows[n]["train_time_s"] for n in rows] == [10.0, 5.0, 1.25, None]
     assert rows["drop50"]["tokens_per_s"] == 4000.0 and rows["drop50"]["peak_mem_mb"] == 1000.0
+    # data wait: the windows' mean, the first (warm-up) one left out unless it is the only one
+    assert [rows[n]["data_wait_pct"] for n in rows] == [10.0, 10.0, 40.0, None]
     # headline: drop0's tag first (val/top1 is the primary metric), the task's defaults for the others
     assert table.primary == "val/top1"
     assert rows["drop50"]["val/top1"] == 46.0 and rows["drop50"]["test/top1"] == 44.0
@@ -389,6 +392,7 @@ def test_compare_on_a_real_tiny_sweep(tiny_sweep, tmp_path):
         assert row["val/top1"] == final["val/top1"]
         assert row["clips_per_s"] == final["train/avg_clips_per_s"]
         assert row["speedup"] == row["clips_per_s"] / rows[0]["clips_per_s"]
+        assert 0.0 <= row["data_wait_pct"] <= 100.0
     assert {p.name for p in result.plots if p.path is not None} >= {
         "loss_vs_step",
         "eval_vs_time",

@@ -162,3 +162,53 @@ def test_task_output_is_a_dict_deepspeed_can_walk():
     out["loss"] = torch.tensor(2.0)  # what ZeRO-3's hooks do in place
     assert float(out.loss) == 2.0
     assert json.dumps(sorted(out)) == '["batch_size", "extras", "loss", "losses", "metrics"]'
+
+
+def test_data_wait_is_measured_and_a_data_bound_run_is_told_what_to_change(
+    demo_data, tmp_path, monkeypatch, capsys
+):
+    """Every logging window records how long the steps waited for data; a window that waited more than
+    20% of its time (after the first, warm-up, step) prints one line with the workers that would keep up."""
+    import math
+    import time
+
+    from turbo_ds import trainer
+    from turbo_ds.data.dataset import VideoDataset
+
+    for k in LAUNCH_ENV_KEYS:
+        monkeypatch.delenv(k, raising=False)
+    load = VideoDataset.load
+
+    def slow_load(self, *args, **kwargs):  # decoding that costs 0.5 s a clip
+        time.sleep(0.5)
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(VideoDataset, "load", slow_load)
+    cfg = _config(demo_data, tmp_path / "out", {"name": "toy_brightness"})
+    cfg["train"].update(max_steps=4, eval_every=0)
+    cfg["data"]["num_workers"] = 0
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(cfg))
+    trainer.main(
+        ["--config", str(tmp_path / "toy.yaml"), "--ds_config", str(ROOT / "ds_configs" / "zero0.json")]
+    )
+    history = [json.loads(line) for line in (tmp_path / "out" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    for h in history:
+        # 2 clips a batch at >= 0.5 s each, all of it waited for in this process (no workers)
+        assert h["train/data_load_s_per_batch"] >= 1.0
+        assert 1.0 <= h["train/data_wait_s"] <= h["train/step_time_s"]
+        assert 0.3 < h["train/data_wait_frac"] <= 1.0
+        model_s = h["train/step_time_s"] - h["train/data_wait_s"]  # one micro batch a step here
+        assert h["train/data_workers_needed"] == math.ceil(h["train/data_load_s_per_batch"] / model_s)
+    advice = [line for line in capsys.readouterr().out.splitlines() if "waited" in line]
+    assert len(advice) == 1, advice  # once per run
+    assert "data.num_workers (now 0)" in advice[0] and "worker(s) per rank would remove the wait" in advice[0]
+
+
+def test_workers_needed():
+    from turbo_ds.data_wait import workers_needed
+
+    assert workers_needed(0.4, 0.1) == 4  # each worker makes a batch in 0.4 s, the model eats one in 0.1 s
+    assert workers_needed(0.41, 0.1) == 5
+    assert workers_needed(0.05, 0.1) == 1
+    assert workers_needed(0.0, 0.1) == 1

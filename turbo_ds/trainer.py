@@ -258,6 +258,9 @@ class Trainer:
         self.run_id = None
         self.train_time_s = 0.0  # time in training steps (not evaluation or checkpointing), whole run
         self.train_clips = 0
+        self.data_wait_s = 0.0  # this logging window's seconds waiting for training batches
+        self._loaded_at_window_start = (0.0, 0)  # the train loader's (load_seconds, batches_loaded)
+        self._data_advice_given = False
         # Token dropout / drop path differ per rank; they are seeded from (seed, rank).
         seed_everything(cfg.seed + 1000003 * (rank + 1))
         if resume:
@@ -489,7 +492,9 @@ class Trainer:
         workers = self.cfg.data.num_workers
         while micro < accum:
             self.watchdog.beat(f"the next training batch from the DataLoader ({workers} worker(s) per rank)")
+            t_wait = time.perf_counter()
             batch = next(batches)
+            self.data_wait_s += time.perf_counter() - t_wait
             self.watchdog.beat(
                 f"step {self.step + 1}'s forward, backward and optimizer step (collectives with all "
                 f"{self.world_size} rank(s))"
@@ -557,6 +562,45 @@ class Trainer:
         )
         if (g := eng.grad_norm) is not None and math.isfinite(g):
             rec["train/grad_norm"] = g
+        rec.update(self._data_wait_record(n, seconds))
+        return rec
+
+    def _data_wait_record(self, n: int, seconds: float) -> dict[str, float]:
+        """The window's data wait (``turbo_ds.data_wait``), and its advice line once, after warm-up (not
+        in a window holding this process's first step: worker start-up, compilation). Closes the window."""
+        from turbo_ds import data_wait
+
+        loader, eng = self.train_loader, self.engine
+        load_s = loader.load_seconds - self._loaded_at_window_start[0]
+        loaded = loader.batches_loaded - self._loaded_at_window_start[1]
+        self._loaded_at_window_start = (loader.load_seconds, loader.batches_loaded)
+        wait, self.data_wait_s = self.data_wait_s, 0.0
+        wait_max = eng.all_reduce_max(torch.tensor([wait / n, wait / max(seconds, 1e-9)]))
+        load_per_batch = float(eng.all_reduce_mean(torch.tensor(load_s / max(loaded, 1))))
+        wait_s, wait_frac = (float(v) for v in wait_max)
+        accum = self.cfg.optim.grad_accum_steps
+        model_per_batch = max(seconds / n - wait_s, 0.0) / accum
+        rec = {
+            "train/data_wait_s": wait_s,
+            "train/data_wait_frac": wait_frac,
+            "train/data_load_s_per_batch": load_per_batch,
+            "train/data_workers_needed": float(data_wait.workers_needed(load_per_batch, model_per_batch)),
+        }
+        warmed_up = self.step - n >= self._first_step + 1
+        if warmed_up and wait_frac > data_wait.WAIT_FRACTION_ADVICE and not self._data_advice_given:
+            self._data_advice_given = True
+            d = self.cfg.data
+            line = data_wait.advice(
+                wait_frac,
+                wait_s,
+                seconds / n,
+                load_per_batch,
+                model_per_batch,
+                self.cfg.optim.micro_batch_size,
+                d.num_workers,
+                d.backend,
+            )
+            self.log(line)
         return rec
 
     def _progress_bar(self):
@@ -598,6 +642,8 @@ class Trainer:
         status = "FAILED"
         first_step = True
         stop = self.stop_request or StopRequest(tcfg.stop_signals).install()
+        self._first_step = self.step  # windows before step _first_step + 1 hold the warm-up
+        window_wait = 0.0  # for the progress bar: this window's data wait so far
         self.watchdog.start()
         lr = eng.lr
         try:
@@ -616,6 +662,7 @@ class Trainer:
                     values, tokens = self._measured_train_step(batches)
                 else:
                     values, tokens = self._train_step(batches)
+                window_wait = self.data_wait_s
                 first_step = False
                 self.step += 1
                 now = time.perf_counter()
@@ -629,6 +676,7 @@ class Trainer:
                     bar.set_postfix(
                         loss=f"{values['loss']:.3f}",
                         clips_s=f"{clips_per_step / max(dt, 1e-9):.1f}",
+                        data=f"{100 * window_wait / max(window_time, 1e-9):.0f}%",
                         refresh=False,
                     )
                     bar.update(1)

@@ -132,14 +132,15 @@ def eval_curves(table: Table, out_dir: Path) -> Plot:
 
 
 def throughput_memory(table: Table, out_dir: Path) -> Plot:
-    plot = Plot("throughput_memory", "training throughput and peak memory per run")
-    fig, axes = _figure(3, width=4.5, height=max(2.5, 0.45 * len(table.summaries) + 1.2))
+    plot = Plot("throughput_memory", "training throughput, data wait and peak memory per run")
+    fig, axes = _figure(4, width=4.5, height=max(2.5, 0.45 * len(table.summaries) + 1.2), per_row=4)
     drawn = 0
     for i, (ax, attr, xlabel, what) in enumerate(
         (
             (axes[0], "clips_per_s", "clips/s (training)", "throughput"),
-            (axes[1], "peak_mem_mb", "peak memory (MiB, largest rank)", "peak memory"),
-            (axes[2], "step_mem_mb", "first step's tensors (MiB, largest rank)", "step memory"),
+            (axes[1], "data_wait_pct", "data wait (% of step time, slowest rank)", "data wait"),
+            (axes[2], "peak_mem_mb", "peak memory (MiB, largest rank)", "peak memory"),
+            (axes[3], "step_mem_mb", "first step's tensors (MiB, largest rank)", "step memory"),
         )
     ):
         have = [s for s in table.summaries if getattr(s, attr) is not None]

@@ -14,6 +14,8 @@ Definitions (also in the report and docs/compare.md):
 - step memory: ``memory/measured_peak_mb``, the tensors of the first training step (what token dropout
   and checkpointing change). On the CPU ``train/peak_mem_mb`` is the process's resident set, mostly the
   libraries, so there the step memory is the one that shows Turbo's saving.
+- data wait: the mean of the logged ``train/data_wait_frac`` windows (the share of step time the slowest
+  rank waited for its batches), the first window (worker start-up) left out when there are others.
 """
 
 from __future__ import annotations
@@ -109,9 +111,14 @@ class RunSummary:
     tokens_per_s: float | None
     peak_mem_mb: float | None
     step_mem_mb: float | None  # the first training step's measured tensor peak (memory/measured_peak_mb)
+    data_wait_frac: float | None  # the share of step time spent waiting for data (train/data_wait_frac)
     drop_ratio: float | None
     axis: TimeAxis | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def data_wait_pct(self) -> float | None:
+        return None if self.data_wait_frac is None else 100.0 * self.data_wait_frac
 
     @property
     def has_training_data(self) -> bool:
@@ -131,6 +138,7 @@ def summarize(run: Run) -> RunSummary:
         clips = _mean(run.history("train/clips_per_s"))
     peaks = [v for _, v in run.history("train/peak_mem_mb") if math.isfinite(v)]
     peak = max(peaks) if peaks else run.metrics.get("memory/measured_peak_mb")
+    waits = run.history("train/data_wait_frac")
     summary = RunSummary(
         run=run,
         headline=headline_names(run),
@@ -139,6 +147,7 @@ def summarize(run: Run) -> RunSummary:
         tokens_per_s=_mean(run.history("train/tokens_per_s")),
         peak_mem_mb=peak,
         step_mem_mb=run.metrics.get("memory/measured_peak_mb"),
+        data_wait_frac=_mean(waits[1:] if len(waits) > 1 else waits),
         drop_ratio=_float(run.params.get(DROP_RATIO)),
         axis=axis,
     )

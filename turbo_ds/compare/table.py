@@ -143,6 +143,7 @@ def build_table(summaries: list[RunSummary], baseline: RunSummary | None, baseli
         Column("tokens_per_s", "tokens/s", "rate"),
         Column("peak_mem_mb", "peak mem (MiB)", "mb"),
         Column("step_mem_mb", "step mem (MiB)", "mb"),
+        Column("data_wait_pct", "data wait (%)", "percent"),
     ]
     if baseline is not None:
         columns += [
@@ -173,6 +174,7 @@ def build_table(summaries: list[RunSummary], baseline: RunSummary | None, baseli
             "tokens_per_s": s.tokens_per_s,
             "peak_mem_mb": s.peak_mem_mb,
             "step_mem_mb": s.step_mem_mb,
+            "data_wait_pct": s.data_wait_pct,
         }
         row.update({p: r.params.get(p) for p in params})
         row.update({h: r.metrics.get(h) for h in headline})
@@ -210,6 +212,7 @@ def format_value(value: Any, kind: str, width: int | None = 28) -> str:
         "seconds": "{:,.1f}",
         "rate": "{:,.1f}",
         "mb": "{:,.0f}",
+        "percent": "{:.1f}",
     }
     if kind in formats:
         return formats[kind].format(value)

@@ -23,6 +23,7 @@ a video already in the log is replaced the same way without being opened again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -304,6 +305,14 @@ class VideoDataset(Dataset):
         return item
 
     def __getitem__(self, key) -> dict[str, Any]:
+        start = time.perf_counter()
+        item = self._get(key)
+        # The seconds this process spent on the item (decode, replacements, transforms): the loop turns
+        # them into a per-worker rate, and so into how many workers would keep up with the model.
+        item["load_s"] = time.perf_counter() - start
+        return item
+
+    def _get(self, key) -> dict[str, Any]:
         idx, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (int(key), 0)
         cur = idx
         for attempt in range(MAX_REPLACEMENTS):
@@ -335,6 +344,7 @@ def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
         "label": torch.tensor([b["label"] for b in batch], dtype=torch.long),
         "video_id": [b["video_id"] for b in batch],
         "sample_idx": torch.tensor([b["sample_idx"] for b in batch], dtype=torch.long),
+        "load_s": sum(b.get("load_s", 0.0) for b in batch),  # taken out by ResumableDataLoader
     }
     if "text" in batch[0]:
         out["text"] = [b["text"] for b in batch]

@@ -51,9 +51,16 @@ class ResumableDataLoader(DataLoader):
             _worker_iterators.add(iterator)
         return iterator
 
+    # Seconds the producing processes (workers, or this one) spent on the batches handed out so far,
+    # and how many: the loop's data-wait report derives a per-worker rate from their differences.
+    load_seconds = 0.0
+    batches_loaded = 0
+
     def __iter__(self):
         for batch in super().__iter__():
             self.sampler.advance(len(batch["sample_idx"]))
+            self.load_seconds += float(batch.pop("load_s", 0.0))
+            self.batches_loaded += 1
             yield batch
 
     def state_dict(self) -> dict:

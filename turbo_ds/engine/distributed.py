@@ -36,6 +36,12 @@ def env_local_rank() -> int:
     return int(_env("LOCAL_RANK", "0"))
 
 
+def env_local_world_size() -> int:
+    """Ranks on this machine: torchrun's LOCAL_WORLD_SIZE, deepspeed's LOCAL_SIZE, SLURM's; else the world."""
+    local = int(_env("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "0")) or 0)
+    return local if local > 0 else env_world_size()
+
+
 def cuda_device_index(local_rank: int, visible: int) -> int:
     """The CUDA device of a rank: its local rank among the GPUs it sees, or device 0 when it sees exactly
     one (a scheduler that gives every task its own GPU: ``srun --gpus-per-task=1``, or a
@@ -77,11 +83,8 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[int, int]:
         accel.set_device(cuda_device_index(env_local_rank(), torch.cuda.device_count()))
     else:
         # Several CPU ranks on one machine: share the cores instead of oversubscribing them.
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "0")) or 0)
-        if local_world <= 0:
-            local_world = env_world_size()
         if "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // env_local_world_size()))
     if not torch.distributed.is_initialized():
         backend = "nccl" if on_cuda else "gloo"
         deepspeed.init_distributed(
