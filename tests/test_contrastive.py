@@ -1,5 +1,6 @@
 """Contrastive losses: 2 gloo ranks with gathered features match one process on the whole batch (loss and
-averaged grads, incl. logit_scale); MIL-NCE with K=1 is InfoNCE; masking; accuracies; errors."""
+averaged grads, incl. logit_scale); MIL-NCE with K=1 is InfoNCE; Miech et al.'s reference MIL-NCE equals
+the formula written out, at world 1 and 2, and is not the symmetric one; masking; accuracies; errors."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from torch import nn
 
-from turbo_ds.tasks.contrastive import all_gather_with_grad, info_nce, mil_nce
+from turbo_ds.tasks.contrastive import all_gather_with_grad, info_nce, mil_nce, milnce_miech
 
 WORLD, BATCH, K, D_IN, EMB = 2, 8, 3, 6, 5
+LOSSES = ("info_nce", "mil_nce", "milnce_miech")
 DTYPE = torch.float64
 TOL = 1e-10  # float64 differences are ~1e-15
 
@@ -50,11 +53,14 @@ def _run(
     v = video_proj(x_video[rows])
     if loss_name == "info_nce":
         out = info_nce(v, text_proj(x_text[rows, 0]), log_scale.exp())
-    else:
+    elif loss_name == "mil_nce":
         out = mil_nce(v, text_proj(x_text[rows]), log_scale.exp(), mask=mask[rows])
+    else:  # raw dot products, no temperature
+        out = milnce_miech(v, text_proj(x_text[rows]), mask=mask[rows])
     out["loss"].backward()
     grads = {f"{n}.{p}": t.grad.clone() for n, m in params.items() for p, t in m.named_parameters()}
-    grads["log_scale"] = log_scale.grad.clone()
+    if log_scale.grad is not None:
+        grads["log_scale"] = log_scale.grad.clone()
     return out["loss"].detach(), grads, {k: v for k, v in out.items() if k != "loss"}
 
 
@@ -66,7 +72,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     try:
         local = BATCH // world
         rows = slice(rank * local, (rank + 1) * local)
-        for name in ("info_nce", "mil_nce"):
+        for name in LOSSES:
             loss, grads, metrics = _run(name, rows)
             dist.all_reduce(loss)
             for t in (*grads.values(), *metrics.values()):
@@ -102,7 +108,7 @@ def two_ranks(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["info_nce", "mil_nce"])
+@pytest.mark.parametrize("name", LOSSES)
 def test_two_ranks_match_single_process(two_ranks, name):
     ref_loss, ref_grads, ref_metrics = _run(name, slice(None))  # no process group here: gather is a no-op
     for res in two_ranks:
@@ -111,7 +117,8 @@ def test_two_ranks_match_single_process(two_ranks, name):
         assert r["grads"].keys() == ref_grads.keys()
         for k, g in ref_grads.items():
             torch.testing.assert_close(r["grads"][k], g, atol=TOL, rtol=0, msg=f"{name}: grad of {k}")
-        assert ref_grads["log_scale"].abs() > 1e-4  # the logit_scale gradient is really compared
+        if name != "milnce_miech":  # the reference form has no temperature
+            assert ref_grads["log_scale"].abs() > 1e-4  # the logit_scale gradient is really compared
         torch.testing.assert_close(r["metrics"], ref_metrics)  # accuracies: mean over ranks = global
 
 
@@ -123,6 +130,103 @@ def test_gather_order_backward_and_unequal_sizes(two_ranks):
         expected = [[0.0, 3.0], [6.0, 9.0]][rank]
         assert res["gather"]["grad"].flatten().tolist() == expected
         assert "same batch size on every rank" in res["unequal"] and "[1, 2]" in res["unequal"]
+
+
+def _miech_reference(video: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Miech et al.'s MIL-NCE written out clip by clip: -log(sum of exp over the positives of clip i /
+    sum of exp over (clip i, every valid caption) and (every clip, the valid captions of i))."""
+    n, k = mask.shape
+    dot = [[[video[i] @ text[j, c] for c in range(k)] for j in range(n)] for i in range(n)]
+    losses = []
+    for i in range(n):
+        pos = [dot[i][i][c] for c in range(k) if mask[i, c]]
+        den = [dot[i][j][c] for j in range(n) for c in range(k) if mask[j, c]]
+        den += [dot[j][i][c] for j in range(n) for c in range(k) if mask[i, c]]
+        losses.append(torch.stack(den).exp().sum().log() - torch.stack(pos).exp().sum().log())
+    return torch.stack(losses).mean()
+
+
+def _reference_run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`_miech_reference`'s loss and grads on :func:`_setup`'s whole batch."""
+    video_proj, text_proj, _, x_video, x_text, mask = _setup()
+    loss = _miech_reference(video_proj(x_video), text_proj(x_text), mask)
+    loss.backward()
+    params = {"video": video_proj, "text": text_proj}
+    grads = {f"{n}.{p}": t.grad.clone() for n, m in params.items() for p, t in m.named_parameters()}
+    return loss.detach(), grads
+
+
+def _assert_matches_reference(loss, grads, ref_loss, ref_grads):
+    torch.testing.assert_close(loss, ref_loss, atol=TOL, rtol=0)
+    assert grads.keys() == ref_grads.keys()
+    for k, g in ref_grads.items():
+        torch.testing.assert_close(grads[k], g, atol=TOL, rtol=0, msg=f"grad of {k}")
+
+
+def test_milnce_miech_equals_the_reference_formula():
+    ref_loss, ref_grads = _reference_run()
+    loss, grads, _ = _run("milnce_miech", slice(None))
+    _assert_matches_reference(loss, grads, ref_loss, ref_grads)
+    assert _setup()[-1].sum() < BATCH * K  # some captions are masked out
+    # by hand: two orthonormal clips, one caption each equal to its clip: x = I, so
+    # loss = log(e + 1 + e + 1) - 1 = log 2 + log(1 + 1/e); symmetric MIL-NCE at scale 1: log(1 + 1/e)
+    e = torch.eye(2, dtype=DTYPE)
+    hand = milnce_miech(e, e[:, None])["loss"]
+    assert hand.item() == pytest.approx(math.log(2) + math.log(1 + math.exp(-1)), abs=1e-12)
+    assert mil_nce(e, e[:, None], torch.tensor(1.0))["loss"].item() == pytest.approx(
+        math.log(1 + math.exp(-1))
+    )
+
+
+@pytest.mark.slow
+def test_milnce_miech_two_ranks_equal_the_reference_formula(two_ranks):
+    ref_loss, ref_grads = _reference_run()
+    for res in two_ranks:
+        r = res["milnce_miech"]
+        _assert_matches_reference(r["loss"], r["grads"], ref_loss, ref_grads)
+
+
+def test_milnce_miech_is_not_the_symmetric_mil_nce():
+    """On the same similarities (scale s, unit embeddings) each row exceeds mil_nce by >= log 2, and the
+    gradients differ."""
+    video, text = _emb(b=5, k=3, seed=3)
+    scale = torch.tensor(4.0, dtype=torch.float64)
+    v1, t1 = video.clone().requires_grad_(), text.clone().requires_grad_()
+    v2, t2 = video.clone().requires_grad_(), text.clone().requires_grad_()
+    sym = mil_nce(v1, t1, scale)
+    ref = milnce_miech(scale * F.normalize(v2, dim=-1), F.normalize(t2, dim=-1))
+    gap = (ref["loss"] - sym["loss"]).item()
+    assert gap > math.log(2) + 1e-3
+    sym["loss"].backward()
+    ref["loss"].backward()
+    assert (v1.grad - v2.grad).abs().max() > 1e-3 and (t1.grad - t2.grad).abs().max() > 1e-3
+    # and without normalisation the raw embeddings' norms count (mil_nce ignores them)
+    assert milnce_miech(2 * video, text)["loss"] != milnce_miech(video, text)["loss"]
+    assert mil_nce(2 * video, text, scale)["loss"] == mil_nce(video, text, scale)["loss"]
+
+
+def test_milnce_miech_masked_captions_are_ignored():
+    video, text = _emb(b=4, k=3)
+    mask = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)
+    other = text.clone()
+    other[~mask] = torch.randn(int((~mask).sum()), 7, dtype=torch.float64) * 3
+    t = other.clone().requires_grad_()
+    a, b = milnce_miech(video, text, mask=mask), milnce_miech(video, t, mask=mask)
+    assert a["loss"] == b["loss"]
+    torch.testing.assert_close(a["loss"], _miech_reference(video, text, mask), atol=1e-12, rtol=0)
+    b["loss"].backward()
+    assert t.grad[~mask].abs().max() == 0 and t.grad[mask].abs().max() > 0
+    assert milnce_miech(video, text)["loss"] != a["loss"]  # the mask does change the loss
+    full = milnce_miech(video, text, mask=torch.ones(4, 3, dtype=torch.bool))
+    assert full["loss"] == milnce_miech(video, text)["loss"]
+    # accuracies as mil_nce's (the same argmaxes at scale 1 on unit embeddings)
+    vn, tn = F.normalize(video, dim=-1), F.normalize(text, dim=-1)
+    sym, ref = mil_nce(video, text, torch.tensor(1.0), mask=mask), milnce_miech(vn, tn, mask=mask)
+    assert sym["v2t_acc"] == ref["v2t_acc"] and sym["t2v_acc"] == ref["t2v_acc"]
+    with pytest.raises(ValueError, match=r"milnce_miech: samples \[3\] have no valid caption"):
+        milnce_miech(video, text, mask=torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 0]]).bool())
+    with pytest.raises(ValueError, match=r"milnce_miech expects video \(B, E\) and text \(B, K, E\)"):
+        milnce_miech(video, text[:, 0])
 
 
 def _emb(b=4, k=3, seed=0, dtype=torch.float64):

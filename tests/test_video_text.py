@@ -1,6 +1,7 @@
-"""Video-text task: named losses and CLIP's temperature, text tower modes, alignment forward, the
-retrieval / alignment evaluators' cross-rank reduction, and a frozen text tower under ZeRO-2 and ZeRO-3
-(no gradient, no optimizer state, weights unchanged) over 2 gloo ranks."""
+"""Video-text task: named losses and CLIP's temperature, text tower modes, the reference MIL-NCE on raw
+embeddings, alignment forward, the retrieval / alignment evaluators' cross-rank reduction, and a frozen
+text tower under ZeRO-2 and ZeRO-3 (no gradient, no optimizer state, weights unchanged) over 2 gloo
+ranks, also with the reference MIL-NCE's frozen temperature under ZeRO-2."""
 
 from __future__ import annotations
 
@@ -82,10 +83,35 @@ def test_milnce_option_and_bad_options():
     task = build_task(_cfg(loss="milnce", num_captions=3)).train()
     out = task(_batch(task, k=3))
     assert math.isfinite(float(out.losses["nce_loss"]))
-    with pytest.raises(ConfigError, match="task.num_captions"):
+    with pytest.raises(ConfigError, match="task.num_captions.*use loss: milnce or milnce_miech"):
         build_task(_cfg(loss="infonce", num_captions=2))
+    with pytest.raises(ConfigError, match="task.loss.*must be one of infonce, milnce, milnce_miech"):
+        build_task(_cfg(loss="milnce-miech"))
     with pytest.raises(ConfigError, match="task.text_mode"):
         build_task(_cfg(text_mode="half"))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_milnce_miech_scores_raw_embeddings_without_temperature(k):
+    from turbo_ds.tasks.contrastive import milnce_miech
+
+    torch.manual_seed(0)
+    task = build_task(_cfg(loss="milnce_miech", num_captions=k, learn_temperature=True))
+    assert not task.logit_scale.requires_grad  # no temperature: nothing for the optimizer to wait on
+    batch = _batch(task, k=k)
+    if k > 1:
+        batch["caption_mask"][0, 0] = False
+    with torch.no_grad():
+        out = task.eval()(batch)  # all tokens: the same features again below
+        video = task.model(batch["video"]).features
+        text = task.text(batch["text_tokens"].flatten(0, 1)).reshape(4, k, -1)
+    want = milnce_miech(video, text, mask=batch["caption_mask"], gather=False)["loss"]
+    torch.testing.assert_close(out.losses["nce_loss"], want)
+    assert "temperature" not in out.metrics and "logit_scale" not in out.metrics
+    out = task.train()(batch)
+    out.loss.backward()
+    assert task.logit_scale.grad is None
+    assert all(p.grad is not None for p in task.model.encoder.parameters() if p.requires_grad)
 
 
 def test_alignment_forward_scores_every_sentence_against_every_second():
@@ -171,18 +197,21 @@ def _zero_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from turbo_ds.engine.engine import gathered_parameters
 
     results = {}
-    for stage in ("zero2", "zero3"):
-        cfg = _cfg(text_mode="frozen")
+    runs = {"zero2": {}, "zero3": {}, "zero2_milnce_miech": {"loss": "milnce_miech", "num_captions": 2}}
+    for run, options in runs.items():
+        stage, k = run.split("_")[0], options.get("num_captions", 1)
+        cfg = _cfg(text_mode="frozen", **options)
         torch.manual_seed(0)
         task = build_task(cfg)
         text_numel = sum(p.numel() for p in task.text.parameters())
         trainable = sum(p.numel() for p in task.parameters() if p.requires_grad)
         text_before = [p.detach().clone() for p in task.text.parameters()]
         video_before = [p.detach().clone() for p in task.model.encoder.parameters()]
+        task_scale = task.logit_scale.detach().clone()
         eng = Engine.create(task, cfg, ROOT / "ds_configs" / f"{stage}.json")
         losses = []
         for step in range(3):
-            out = eng(eng.to_device(_batch(task, b=4, seed=10 * step + rank)))
+            out = eng(eng.to_device(_batch(task, b=4, k=k, seed=10 * step + rank)))
             eng.backward(out.loss)
             eng.step()
             losses.append(float(eng.all_reduce_mean(out.loss.detach())))
@@ -198,8 +227,10 @@ def _zero_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 not torch.equal(a, b)
                 for a, b in zip(video_before, eng.module.model.encoder.parameters(), strict=True)
             )
-        results[stage] = {
+            scale_same = torch.equal(eng.module.logit_scale.detach().cpu(), task_scale)
+        results[run] = {
             "losses": losses,
+            "logit_scale_same": scale_same,
             "optimizer_numel": float(total),
             "trainable": trainable,
             "text_numel": text_numel,
@@ -217,9 +248,11 @@ def test_frozen_text_tower_under_zero2_and_zero3(tmp_path):
         _zero_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn"
     )
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
-    for stage in ("zero2", "zero3"):
+    for stage in ("zero2", "zero3", "zero2_milnce_miech"):
         a = r0[stage]
         assert a["losses"] == r1[stage]["losses"] and all(math.isfinite(v) for v in a["losses"])
+        # the temperature trains, except with the reference MIL-NCE (no optimizer state either: below)
+        assert a["logit_scale_same"] == (stage == "zero2_milnce_miech"), stage
         assert a["text_same"] and a["video_changed"] and not a["text_requires_grad"], stage
         # optimizer state covers the trainable parameters (plus ZeRO's alignment padding), never the tower
         assert a["trainable"] <= a["optimizer_numel"] < a["trainable"] + 1024, (stage, a)

@@ -1,5 +1,9 @@
 """Video-text contrastive losses (InfoNCE, MIL-NCE) over the global batch of all data-parallel ranks.
 
+Two MIL-NCE forms: :func:`mil_nce`, symmetric CLIP-style (cosine x learnable scale, the mean of a
+video-to-text and a text-to-video term), and :func:`milnce_miech`, the reference form of Miech et al.
+(CVPR 2020; raw dot products, one denominator holding both directions).
+
 Semantics ("local loss" over gathered features, as open_clip's ``local_loss=True``):
 
 - every rank gathers the embeddings of all ranks with :func:`all_gather_with_grad` (rank order along
@@ -23,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["all_gather_with_grad", "info_nce", "mil_nce"]
+__all__ = ["all_gather_with_grad", "info_nce", "mil_nce", "milnce_miech"]
 
 
 def _dist_world() -> tuple[int, int]:
@@ -78,15 +82,66 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _AllGatherWithGrad.apply(x)
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _prepare(x: torch.Tensor) -> torch.Tensor:
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    return F.normalize(x.to(dtype), dim=-1)
+    return F.normalize(_upcast(x), dim=-1)
 
 
 def _targets(batch: int, gather: bool, device: torch.device) -> torch.Tensor:
     """Global column of each local row's positive: ``rank * B + arange(B)`` (``arange(B)`` if not gathering)."""
     offset = _dist_world()[1] * batch if gather else 0
     return offset + torch.arange(batch, device=device)
+
+
+def _check_mil(
+    name: str, video: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[int, int, torch.Tensor]:
+    """(B, K, mask) of MIL-NCE inputs: video (B, E), text (B, K, E), mask (B, K) bool or None (all valid);
+    ``ValueError`` on other shapes or a sample without a valid caption."""
+    if (
+        video.ndim != 2
+        or text.ndim != 3
+        or text.shape[0] != video.shape[0]
+        or text.shape[2] != video.shape[1]
+    ):
+        raise ValueError(
+            f"{name} expects video (B, E) and text (B, K, E), got {tuple(video.shape)} and {tuple(text.shape)}"
+        )
+    b, k, _ = text.shape
+    if mask is None:
+        mask = torch.ones(b, k, dtype=torch.bool, device=text.device)
+    elif mask.shape != (b, k):
+        raise ValueError(f"{name}: mask must have shape (B, K) = {(b, k)}, got {tuple(mask.shape)}")
+    mask = mask.to(device=text.device, dtype=torch.bool)
+    empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"{name}: samples {empty} have no valid caption (mask all False)")
+    return b, k, mask
+
+
+def _gather_mask(mask: torch.Tensor) -> torch.Tensor:
+    """The (B, K) caption masks of every rank, concatenated in rank order (no gradient)."""
+    if _dist_world()[0] == 1:
+        return mask
+    return _gather_no_grad(mask.to(torch.uint8)).bool()
+
+
+def _mil_accuracies(
+    logits_v2t: torch.Tensor, logits_t2v: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``v2t_acc`` / ``t2v_acc`` (detached, percent) from the masked (B, N, K) video-to-text and
+    (B, K, N) text-to-video scores of the local rows: see :func:`mil_nce`."""
+    k = logits_v2t.shape[2]
+    rows = torch.arange(logits_v2t.shape[0], device=logits_v2t.device)
+    with torch.no_grad():
+        best_text = logits_v2t.flatten(1).argmax(dim=1) // k
+        v2t_acc = (best_text == targets).float().mean() * 100.0
+        first = mask.int().argmax(dim=1)  # index of the first valid caption
+        t2v_acc = (logits_t2v[rows, first].argmax(dim=1) == targets).float().mean() * 100.0
+    return {"v2t_acc": v2t_acc, "t2v_acc": t2v_acc}
 
 
 def info_nce(
@@ -124,7 +179,10 @@ def mil_nce(
     mask: torch.Tensor | None = None,
     gather: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Symmetric MIL-NCE (Miech et al., CVPR 2020): the K captions of sample i are all positives of video i.
+    """Symmetric, CLIP-style MIL-NCE: the K captions of sample i are all positives of video i.
+
+    The multiple-instance positives of Miech et al. (CVPR 2020) in CLIP's form (cosine, temperature, the
+    mean of two directions); their own form is :func:`milnce_miech`, whose values are not comparable.
 
     ``video`` is (B, E), ``text`` (B, K, E), ``mask`` (B, K) bool marks valid captions (None: all valid);
     invalid captions are neither positives nor negatives, and every sample needs at least one valid
@@ -138,29 +196,11 @@ def mil_nce(
     local videos whose best global valid text is one of their captions; ``t2v_acc``: percent of samples
     whose first valid caption (the first caption when ``mask`` is None) ranks its video first.
     """
-    if (
-        video.ndim != 2
-        or text.ndim != 3
-        or text.shape[0] != video.shape[0]
-        or text.shape[2] != video.shape[1]
-    ):
-        raise ValueError(
-            f"mil_nce expects video (B, E) and text (B, K, E), got {tuple(video.shape)} and {tuple(text.shape)}"
-        )
-    b, k, _ = text.shape
-    if mask is None:
-        mask = torch.ones(b, k, dtype=torch.bool, device=text.device)
-    elif mask.shape != (b, k):
-        raise ValueError(f"mil_nce: mask must have shape (B, K) = {(b, k)}, got {tuple(mask.shape)}")
-    mask = mask.to(device=text.device, dtype=torch.bool)
-    empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"mil_nce: samples {empty} have no valid caption (mask all False)")
-
+    b, k, mask = _check_mil("mil_nce", video, text, mask)
     v, t = _prepare(video), _prepare(text)
     v_all = all_gather_with_grad(v) if gather else v
     t_all = all_gather_with_grad(t) if gather else t
-    mask_all = _gather_no_grad(mask.to(torch.uint8)).bool() if gather and _dist_world()[0] > 1 else mask
+    mask_all = _gather_mask(mask) if gather else mask
     targets = _targets(b, gather, v.device)
     rows = torch.arange(b, device=v.device)
     neg_inf = torch.finfo(v.dtype).min  # finite: no inf - inf in the logsumexp backward
@@ -180,9 +220,47 @@ def mil_nce(
     loss_t2v = (lse_den - lse_num).mean()
 
     loss = 0.5 * (loss_v2t + loss_t2v)
-    with torch.no_grad():
-        best_text = logits_v2t.flatten(1).argmax(dim=1) // k
-        v2t_acc = (best_text == targets).float().mean() * 100.0
-        first = mask.int().argmax(dim=1)  # index of the first valid caption
-        t2v_acc = (logits_t2v[rows, first].argmax(dim=1) == targets).float().mean() * 100.0
-    return {"loss": loss, "v2t_acc": v2t_acc, "t2v_acc": t2v_acc}
+    return {"loss": loss, **_mil_accuracies(logits_v2t, logits_t2v, mask, targets)}
+
+
+def milnce_miech(
+    video: torch.Tensor,
+    text: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    gather: bool = True,
+) -> dict[str, torch.Tensor]:
+    """MIL-NCE in the reference form of Miech et al. (CVPR 2020, and their public ``loss.py``).
+
+    Raw dot products of the embeddings as given: no normalisation, no temperature (a caller that wants
+    one scales ``video``: s * (v . t) = (s v) . t). With x[i, j, k] = video_i . text_jk over the global
+    batch (``video`` (B, E), ``text`` (B, K, E), K captions per clip):
+
+    - numerator_i = logsumexp_k x[i, i, k] (the captions of clip i);
+    - denominator_i = logsumexp over x[i, :, :] and x[:, i, :] together: clip i against every caption,
+      and every clip against the captions of i, in ONE denominator (the positives x[i, i, :] are in
+      both halves, as in the reference);
+    - ``loss`` = mean_i (denominator_i - numerator_i), over the local rows i.
+
+    ``mask`` (B, K) bool marks valid captions (None: all valid): invalid ones are left out of numerator
+    and denominator; every sample needs one. On the same similarities (``milnce_miech(s * v_hat, t_hat)``
+    against ``mil_nce(v, t, s)``, hats for L2-normalised) each row's loss exceeds mil_nce's by
+    log((A + B) / sqrt(A B)) >= log 2, A and B the sums of exponentials of the two halves. ``v2t_acc`` /
+    ``t2v_acc`` as in :func:`mil_nce`, on the raw dot products.
+    """
+    b, _, mask = _check_mil("milnce_miech", video, text, mask)
+    v, t = _upcast(video), _upcast(text)
+    v_all = all_gather_with_grad(v) if gather else v
+    t_all = all_gather_with_grad(t) if gather else t
+    mask_all = _gather_mask(mask) if gather else mask
+    targets = _targets(b, gather, v.device)
+    rows = torch.arange(b, device=v.device)
+    neg_inf = torch.finfo(v.dtype).min  # finite: no inf - inf in the logsumexp backward
+
+    # x[i, :, :] of each local clip i: (B, N, K) against every global caption.
+    v2t = torch.einsum("be,nke->bnk", v, t_all).masked_fill(~mask_all[None], neg_inf)
+    # x[:, i, :] of each local sample i: (B, K, N), every global clip against the captions of i.
+    t2v = torch.einsum("bke,ne->bkn", t, v_all).masked_fill(~mask[:, :, None], neg_inf)
+    numerator = torch.logsumexp(v2t[rows, targets], dim=1)
+    denominator = torch.logsumexp(torch.cat([v2t.flatten(1), t2v.flatten(1)], dim=1), dim=1)
+    loss = (denominator - numerator).mean()
+    return {"loss": loss, **_mil_accuracies(v2t, t2v, mask, targets)}

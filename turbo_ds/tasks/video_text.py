@@ -2,8 +2,9 @@
 
 Training (HowTo100M-style narrated videos): a clip around a caption's time span (jittered), its
 caption, and for MIL-NCE the K captions nearest in time; symmetric InfoNCE (or MIL-NCE) over the
-embeddings of every rank, gathered with gradient, with CLIP's learnable temperature; plus
-``mae_weight`` x Partial-MAE on the video tower.
+embeddings of every rank, gathered with gradient, with CLIP's learnable temperature, or MIL-NCE in
+Miech et al.'s reference form (raw dot products, no temperature); plus ``mae_weight`` x Partial-MAE on
+the video tower.
 
 Evaluation, all tokens: **retrieval** on captioned clips (text-to-video and video-to-text R@1/5/10 and
 median rank over the whole split, gathered from every rank) and **alignment** with the HTM-Align
@@ -26,11 +27,11 @@ from turbo_ds.config import TrainConfig
 from turbo_ds.models import TurboModel
 from turbo_ds.tasks.base import Comm, DataSpec, EvalSpec, Task, TaskOutput, option_error
 from turbo_ds.tasks.classification import tokens_per_clip
-from turbo_ds.tasks.contrastive import info_nce, mil_nce
+from turbo_ds.tasks.contrastive import info_nce, mil_nce, milnce_miech
 from turbo_ds.tasks.registry import register_task
 from turbo_ds.tasks.retrieval_metrics import alignment_chance_r1, alignment_metrics, retrieval_metrics
 
-LOSSES = ("infonce", "milnce")
+LOSSES = ("infonce", "milnce", "milnce_miech")
 
 
 @dataclass
@@ -49,7 +50,10 @@ class VideoTextOptions:
     text_last_n: int = 1
     """Trainable text blocks with ``text_mode: last_n``."""
     loss: str = "infonce"
-    """infonce (one caption per clip) or milnce (the ``num_captions`` nearest captions are positives)."""
+    """infonce (one caption per clip), milnce (the ``num_captions`` nearest captions are positives;
+    symmetric, cosine x learnable temperature) or milnce_miech (the same positives in Miech et al.'s
+    reference form: one denominator for both directions, raw dot products of the embeddings, no
+    temperature, so the ``*temperature*`` and ``max_logit_scale`` options do not apply)."""
     num_captions: int = 1
     """K: captions per training clip (MIL-NCE positives); 1 for InfoNCE."""
     samples_per_video: int = 1
@@ -64,7 +68,7 @@ class VideoTextOptions:
     max_logit_scale: float = 100.0
     """The learnable logit scale is clamped at this (CLIP: 100)."""
     learn_temperature: bool = True
-    """Train the temperature."""
+    """Train the temperature (never with ``loss: milnce_miech``, which has none)."""
     retrieval_split: str | None = "val"
     """Split of ``data.index`` for retrieval on captioned clips (every caption once); null = skip."""
     align_index: str | None = None
@@ -89,7 +93,9 @@ class VideoTextOptions:
             raise option_error("num_captions", self.num_captions, "must be >= 1")
         if self.loss == "infonce" and self.num_captions != 1:
             raise option_error(
-                "num_captions", self.num_captions, "must be 1 with loss infonce (use loss: milnce)"
+                "num_captions",
+                self.num_captions,
+                "must be 1 with loss infonce (use loss: milnce or milnce_miech)",
             )
         if self.samples_per_video < 1:
             raise option_error("samples_per_video", self.samples_per_video, "must be >= 1")
@@ -167,7 +173,8 @@ class AlignmentEvaluator:
 @register_task("video_text")
 class VideoTextTask(Task):
     """Video tower (``TurboModel``: VideoViT with token dropout, optional Partial-MAE, pooled feature
-    projected to the text embedding width) + open_clip text tower + learnable temperature."""
+    projected to the text embedding width) + open_clip text tower + learnable temperature (a
+    parameter with every loss, so checkpoints have one layout; frozen with ``milnce_miech``)."""
 
     Options = VideoTextOptions
     headline = ("t2v_r1", "v2t_r1", "align_r1", "align_roc_auc", "nce_loss")
@@ -183,7 +190,7 @@ class VideoTextTask(Task):
         # Shape (1,), not 0-d: DeepSpeed broadcasts parameters through a byte view, which a 0-d tensor lacks.
         self.logit_scale = nn.Parameter(
             torch.full((1,), math.log(1.0 / options.temperature_init)),
-            requires_grad=options.learn_temperature,
+            requires_grad=options.learn_temperature and options.loss != "milnce_miech",
         )
         self._tokenizer = None
 
@@ -308,20 +315,20 @@ class VideoTextTask(Task):
         if tokens.ndim == 2:
             tokens = tokens[:, None]
         text_emb = self.encode_text(tokens).float()  # (B, K, E)
-        scale = self.scale()
         gather = self.training  # evaluation is scored by the evaluator on the whole split
-        if self.options.loss == "milnce":
-            mask = batch.get("caption_mask")
-            nce = mil_nce(video_emb, text_emb, scale, mask=mask, gather=gather)
+        loss, mask = self.options.loss, batch.get("caption_mask")
+        metrics = {}
+        if loss == "milnce_miech":  # the reference: raw embeddings, no temperature
+            nce = milnce_miech(video_emb, text_emb, mask=mask, gather=gather)
         else:
-            nce = info_nce(video_emb, text_emb[:, 0], scale, gather=gather)
+            scale = self.scale()
+            metrics = {"temperature": (1.0 / scale).detach(), "logit_scale": scale.detach()}
+            if loss == "milnce":
+                nce = mil_nce(video_emb, text_emb, scale, mask=mask, gather=gather)
+            else:
+                nce = info_nce(video_emb, text_emb[:, 0], scale, gather=gather)
         losses = {"nce_loss": nce["loss"]}
-        metrics = {
-            "temperature": (1.0 / scale).detach(),
-            "logit_scale": scale.detach(),
-            "v2t_acc": nce["v2t_acc"],
-            "t2v_acc": nce["t2v_acc"],
-        }
+        metrics.update(v2t_acc=nce["v2t_acc"], t2v_acc=nce["t2v_acc"])
         if out.mae_loss is not None and self.mae_weight > 0:
             losses["mae_loss"] = self.mae_weight * out.mae_loss.float()
             metrics["mae_loss_unweighted"] = out.mae_loss.detach().float()
