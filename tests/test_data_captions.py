@@ -372,3 +372,78 @@ def test_group_by_video_keeps_a_videos_clips_in_one_global_batch(cap_index):
         from turbo_ds.data import ShardedSampler
 
         ShardedSampler(5, group_size=2)
+
+
+def _batches(dl, grouped: bool, epochs=(0,)):
+    """Every batch of ``epochs``, with the dataset's batch fetch (``__getitems__``) on or off."""
+    if not grouped:
+        dl.dataset.__getitems__ = None  # the DataLoader then asks for the items one by one
+    out = []
+    for epoch in epochs:
+        dl.set_epoch(epoch)
+        out += list(dl)
+    return out
+
+
+def _assert_same_batches(a, b):
+    assert len(a) == len(b) and a
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            if k == "load_s":
+                continue
+            if isinstance(x[k], torch.Tensor):
+                assert torch.equal(x[k], y[k]), k
+            else:
+                assert x[k] == y[k], k
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_a_batch_decodes_each_video_once_and_gives_the_same_items(cap_index, monkeypatch, train):
+    """Decode once, sample many: a batch's caption items of one video (group_by_video in training, a
+    video's captions in order in evaluation) come from one decode call, and are exactly the items
+    decoded one by one; the order (and so resume) does not change."""
+    import turbo_ds.data.dataset as dataset_module
+
+    index, _, _ = cap_index if train else (cap_index[1], None, None)
+    calls = []
+    decode = dataset_module.decode_frames
+    monkeypatch.setattr(
+        dataset_module, "decode_frames", lambda path, idx, **kw: calls.append(path) or decode(path, idx, **kw)
+    )
+    kw = dict(split="train" if train else "test", train=train, **_kw(batch_size=4, stride=2))
+    if train:
+        kw.update(samples_per_video=4, group_by_video=True, jitter_s=0.5)
+    per_item = _batches(build_dataloader(index, **kw), grouped=False, epochs=(0, 1))
+    n_items = len(calls)
+    calls.clear()
+    grouped = _batches(build_dataloader(index, **kw), grouped=True, epochs=(0, 1))
+    _assert_same_batches(grouped, per_item)
+    videos_per_batch = [len(set(b["video_id"])) for b in grouped]
+    assert n_items == sum(len(b["video_id"]) for b in grouped)
+    assert len(calls) == sum(videos_per_batch) < n_items  # one decode per video of a batch
+
+
+def test_a_broken_video_in_a_grouped_batch_is_logged_as_one_by_one(cap_index, tmp_path):
+    import shutil
+
+    _, test, root = cap_index
+    broken = tmp_path / "root"
+    shutil.copytree(root, broken)
+    (broken / "v0.mp4").write_bytes(b"")  # 5 evaluated captions: batches of 4 hold several of its items
+    entries, batches = {}, {}
+    for grouped in (True, False):
+        dl = build_dataloader(
+            test,
+            root=broken,
+            split="test",
+            train=False,
+            max_failures=1,
+            failure_log_dir=tmp_path / f"log_{grouped}",
+            **_kw(batch_size=4, stride=2),
+        )
+        batches[grouped] = _batches(dl, grouped)
+        entries[grouped] = [(e["sample_idx"], e["skipped"]) for e in dl.dataset.failures.entries()]
+    _assert_same_batches(batches[True], batches[False])
+    assert entries[True] == entries[False]
+    assert [s for _, s in entries[True]].count(False) == 1  # opened once

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -176,15 +177,23 @@ class VideoDataset(Dataset):
 
     def _decode(self, row: dict, clips: list[np.ndarray], num_frames: int, rng) -> list[torch.Tensor]:
         """Every clip's frames in one decode call, then the transform: a list of views."""
+        return self._views(self._decode_frames(row, np.concatenate(clips), num_frames), clips, rng)
+
+    def _decode_frames(self, row: dict, indices: np.ndarray, num_frames: int) -> np.ndarray:
+        """(len(indices), H, W, 3) uint8: the backend opens the video once and decodes the distinct
+        indices in one sorted pass, at the reduced size the transform needs."""
         size = None
         if self.decode_resize and row["width"] and row["height"]:
             w, h = scaled_size(row["width"], row["height"], self.transform.decode_short_side)
             if w < row["width"]:
                 size = (w, h)
-        all_idx = np.concatenate(clips)
         frames, _ = decode_frames(
-            row["abs_path"], all_idx, backend=self.backend, num_frames=num_frames, size=size
+            row["abs_path"], indices, backend=self.backend, num_frames=num_frames, size=size
         )
+        return frames
+
+    def _views(self, frames: np.ndarray, clips: list[np.ndarray], rng) -> list[torch.Tensor]:
+        """The transformed views of ``clips``, whose frames follow each other in ``frames``."""
         views = []
         offset = 0
         for clip_idx in clips:
@@ -204,6 +213,13 @@ class VideoDataset(Dataset):
 
     def _load_caption(self, idx: int, epoch: int, attempt: int) -> dict[str, Any]:
         """Caption mode: a clip centred on a caption (+ jitter in training) and its K nearest captions."""
+        plan = self._caption_plan(idx, epoch, attempt)
+        views = self._decode(plan.row, plan.clips, plan.num_frames, plan.rng)
+        return self._caption_item(plan, views)
+
+    def _caption_plan(self, idx: int, epoch: int, attempt: int) -> _CaptionPlan:
+        """Which caption and which frames item ``idx`` takes (the sampling half of :meth:`_load_caption`;
+        ``rng`` goes on to the transform, so one item draws the same numbers however it is decoded)."""
         pos = self.video_position(idx)
         row = self.index[pos]
         rng = self._rng(idx, epoch, attempt)
@@ -231,8 +247,11 @@ class VideoDataset(Dataset):
             span = (cap["start_s"] + shift, cap["end_s"] + shift)
             clips = self.frame_sampler(num_frames, rng, fps=fps, span_s=span, center_s=_centre(cap) + shift)
         centre = clip_center_s(np.clip(clips[0], 0, num_frames - 1), fps)
-        views = self._decode(row, clips, num_frames, rng)
-        item = self._base_item(row, views[0], idx)
+        return _CaptionPlan(idx, row, rng, clips, num_frames, chosen, captions, usable, centre)
+
+    def _caption_item(self, plan: _CaptionPlan, views: list[torch.Tensor]) -> dict[str, Any]:
+        row, chosen, captions, centre = plan.row, plan.chosen, plan.captions, plan.centre
+        item = self._base_item(row, views[0], plan.idx)
         item["clip_center_s"] = centre
         if not self.with_text:
             return item
@@ -241,7 +260,7 @@ class VideoDataset(Dataset):
             text = row.get("label_name") or ""
             texts, mask = [text] * k, [bool(text)] + [False] * (k - 1)
         else:
-            picked, mask = nearest_captions(captions, chosen, usable, centre, k)
+            picked, mask = nearest_captions(captions, chosen, plan.usable, centre, k)
             text, texts = captions[chosen]["text"], [captions[i]["text"] for i in picked]
         item["text"] = text
         item["captions"] = texts
@@ -305,20 +324,72 @@ class VideoDataset(Dataset):
         return item
 
     def __getitem__(self, key) -> dict[str, Any]:
+        return self._item(key)
+
+    def _item(self, key, failed: DecodeError | None = None) -> dict[str, Any]:
+        """Item ``key`` (``failed``: its video's first decode already failed with this error)."""
         start = time.perf_counter()
-        item = self._get(key)
+        item = self._get(key, failed)
         # The seconds this process spent on the item (decode, replacements, transforms): the loop turns
         # them into a per-worker rate, and so into how many workers would keep up with the model.
         item["load_s"] = time.perf_counter() - start
         return item
 
-    def _get(self, key) -> dict[str, Any]:
-        idx, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (int(key), 0)
+    def __getitems__(self, keys: list) -> list[dict[str, Any]]:
+        """A batch's items (what the DataLoader asks for when the dataset has this method). Caption items
+        of one video (``group_by_video``; caption evaluation, in order) are decoded together: the video
+        opened once and the union of their frames decoded in one sorted pass. Every item is the one
+        ``__getitem__`` gives; a video that fails is logged once and its items replaced as there."""
+        if self.frame_sampler.kind != "caption":
+            return [self[key] for key in keys]
+        by_video: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_video.setdefault(self.video_position(_key(key)[0]), []).append(i)
+        items: list[dict[str, Any] | None] = [None] * len(keys)
+        for pos, members in by_video.items():
+            group = [keys[i] for i in members]
+            loaded = self._load_caption_group(pos, group) if len(group) > 1 else None
+            if isinstance(loaded, DecodeError):  # as one by one: the first item tried it, the rest skip
+                loaded = [self._item(group[0], failed=loaded), *(self[k] for k in group[1:])]
+            for i, item in zip(members, loaded or [self[k] for k in group], strict=True):
+                items[i] = item
+        return items
+
+    def _load_caption_group(self, pos: int, keys: list) -> list[dict[str, Any]] | DecodeError | None:
+        """The caption items ``keys`` of video ``pos`` from one decode call; the DecodeError when the
+        video fails; None when it is known to fail (each item then goes through ``__getitem__``)."""
+        known = self.failures.known_failed()
+        if known and self.index.abs_path(pos) in known:
+            return None
+        start = time.perf_counter()
+        try:
+            plans = [self._caption_plan(idx, epoch, 0) for idx, epoch in map(_key, keys)]
+            indices = np.concatenate([c for plan in plans for c in plan.clips])
+            frames = self._decode_frames(plans[0].row, indices, plans[0].num_frames)
+        except DecodeError as e:
+            return e
+        items, offset = [], 0
+        for plan in plans:
+            n = sum(len(c) for c in plan.clips)
+            items.append(
+                self._caption_item(plan, self._views(frames[offset : offset + n], plan.clips, plan.rng))
+            )
+            offset += n
+        seconds = (time.perf_counter() - start) / len(items)
+        for item in items:
+            item["load_s"] = seconds
+        return items
+
+    def _get(self, key, failed: DecodeError | None = None) -> dict[str, Any]:
+        idx, epoch = _key(key)
         cur = idx
         for attempt in range(MAX_REPLACEMENTS):
             pos = self.video_position(cur)
             known = self.failures.known_failed()  # by any worker of this rank, in any epoch
-            if known and (path := self.index.abs_path(pos)) in known:
+            if failed is not None:  # tried already (a batch's items of one video, decoded together)
+                e, failed = failed, None
+                self.failures.record(e.path, self.index[pos]["video_id"], e.reason, cur, e.detail, e.log)
+            elif known and (path := self.index.abs_path(pos)) in known:
                 self.failures.record_skip(path, cur)
             else:
                 try:
@@ -331,6 +402,26 @@ class VideoDataset(Dataset):
         raise RuntimeError(
             f"sample {idx}: {MAX_REPLACEMENTS} replacement videos in a row failed to decode; see {self.failures.path}"
         )
+
+
+def _key(key) -> tuple[int, int]:
+    """(index, epoch) of a sampler key: an ``(index, epoch)`` pair or a bare index (epoch 0)."""
+    return (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (int(key), 0)
+
+
+@dataclass
+class _CaptionPlan:
+    """What one caption item takes, decided before decoding (see VideoDataset._caption_plan)."""
+
+    idx: int
+    row: dict
+    rng: np.random.Generator | None
+    clips: list[np.ndarray]
+    num_frames: int
+    chosen: int | None
+    captions: list[dict]
+    usable: list[int]
+    centre: float
 
 
 # Item tensors stacked along a new batch dimension (per_second items: the loader uses batch size 1).
