@@ -3,7 +3,7 @@ PY     := .venv/bin/python
 PIP    := .venv/bin/pip
 STAMP  := .venv/.installed
 
-.PHONY: setup test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-train bench-vlp bench-frames bench-plan gpu-bundle gpu-check clean
+.PHONY: setup test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-data-web bench-train bench-vlp bench-frames bench-plan gpu-bundle gpu-check clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ bench-plan: setup
 
 bench-data: setup
 	$(PY) scripts/bench_data.py --workers 2 --json docs/bench_data.json
+
+# 5-minute web-like videos per decoder backend: caption clips (one by one / grouped), 64 and 256 frames.
+bench-data-web: setup
+	$(PY) scripts/bench_data.py --suite web --workers 2 --json docs/bench_data_web.json
 
 # A lent GPU machine has its own torch and nothing of ours: scripts/gpu_check.sh needs torch alone, plus
 # PyYAML for reading configs (step d). gpu-bundle puts PyYAML's pure-Python part (same version as .venv's;
