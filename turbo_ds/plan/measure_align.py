@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -84,9 +85,15 @@ def worker(cfg_dict: dict, ds_config: str) -> dict:
 
 
 def measure_alignment(cfg_dict: dict, ds_config: str = ZERO0, timeout_s: float = 1800) -> dict:
-    """:func:`worker` in a fresh Python process (nothing of this one's memory counts)."""
+    """:func:`worker` in a fresh Python process (nothing of this one's memory counts), a world of its
+    own: this process's rank variables and port (a process group of its own, say) are not inherited."""
+    from turbo_ds.engine.distributed import free_port
+
+    env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     cmd = [sys.executable, "-m", "turbo_ds.plan.measure_align", "--config-json", json.dumps(cfg_dict)]
-    proc = subprocess.run(cmd + ["--ds_config", ds_config], capture_output=True, text=True, timeout=timeout_s)
+    cmd += ["--ds_config", ds_config]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
     if proc.returncode != 0 or not lines:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
