@@ -3,7 +3,7 @@ PY     := .venv/bin/python
 PIP    := .venv/bin/pip
 STAMP  := .venv/.installed
 
-.PHONY: setup test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-data-web bench-train bench-vlp bench-frames bench-plan gpu-bundle gpu-check clean
+.PHONY: setup test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-data-web bench-train bench-vlp bench-frames bench-plan bench-align gpu-bundle gpu-check clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ bench-frames: setup
 bench-plan: setup
 	test -f $(DEMO_STAMP) || $(PY) -m data_index demo --out demo_data
 	$(PY) scripts/bench_plan.py --json docs/bench_plan.json
+
+# Peak memory of an HTM-Align evaluation against video length: chunked vs one forward per video.
+bench-align: setup
+	$(PY) scripts/bench_align_memory.py --json docs/bench_align_memory.json
 
 bench-data: setup
 	$(PY) scripts/bench_data.py --workers 2 --json docs/bench_data.json

@@ -363,6 +363,44 @@ def generate_demo(
     return paths
 
 
+def generate_long_align(
+    out: str | os.PathLike,
+    seconds: list[int],
+    *,
+    fps: int = 10,
+    size: int = 64,
+    segment_s: int = 10,
+    seed: int = 0,
+) -> dict[int, Path]:
+    """Long narrated videos for the alignment memory benchmark (``scripts/bench_align_memory.py``):
+    one video per length in ``seconds``, the vlp part's kind of picture (a digit that changes colour
+    and direction every ``segment_s`` seconds) with one alignable sentence per segment, each in its
+    own HTM-Align index ``align_{S}s.parquet`` (split test, video root ``out``). Returns {S: index}."""
+    out = Path(out)
+    palette = list(VLP_COLOURS)
+    paths = {}
+    for length in seconds:
+        rng = np.random.default_rng([seed, 4, int(length)])
+        n_seg = -(-int(length) // segment_s)
+        lens = [segment_s * fps] * (n_seg - 1) + [int(length) * fps - (n_seg - 1) * segment_s * fps]
+        dirs = [DIRECTIONS[i % len(DIRECTIONS)] for i in range(n_seg)]
+        colours = [palette[i % len(palette)] for i in range(n_seg)]
+        frames, info = render_clip(rng, size, dirs, lens, colours)
+        vid = f"align_{int(length)}s"
+        write_video(out / "videos" / f"{vid}.mp4", frames, fps, gop=fps * 2)
+        starts = np.cumsum([0, *lens[:-1]]) / fps
+        sentences = [
+            [1, float(t), float(t) + n / fps, _sentence(rng, info["digit"], c, d)]
+            for t, n, c, d in zip(starts, lens, colours, dirs, strict=True)
+        ]
+        ann = out / "annotations" / f"{vid}.json"
+        ann.parent.mkdir(parents=True, exist_ok=True)
+        ann.write_text(json.dumps({vid: sentences}))
+        paths[int(length)] = out / f"{vid}.parquet"
+        build("htm_align", [ann], out, paths[int(length)], workers=1)
+    return paths
+
+
 LAYOUT = """\
 {out}/
   actions.parquet    action clips ({a_train} train / {a_val} val), 4 classes by motion direction

@@ -253,6 +253,51 @@ def test_per_second_items(cap_index):
         build_dataloader(test, split="test", **_kw(sampler="per_second"))
 
 
+@pytest.mark.parametrize(("chunk", "max_seconds"), [(1, None), (3, None), (3, 5)])
+def test_per_second_chunks_hold_at_most_chunk_seconds(cap_index, chunk, max_seconds):
+    """An item holds one chunk of at most ``chunk_seconds`` clips; a video's chunks, in order, are its
+    unchunked item cut in time; the text rides with the first chunk; ranks share the chunks."""
+    _, test, _ = cap_index
+    tok = HashTokenizer(6)
+    kw = _kw(sampler="per_second", stride=2, text_transform=tok, max_seconds=max_seconds)
+    whole = {b["video_id"][0]: b for b in build_dataloader(test, split="test", train=False, **kw)}
+    dl = build_dataloader(test, split="test", train=False, chunk_seconds=chunk, **kw)
+    seconds = {vid: b["video"].shape[1] for vid, b in whole.items()}  # v0: 8, v1: 4, v2: 4 (or 5, 4, 4)
+    assert len(dl.dataset) == sum(-(-s // chunk) for s in seconds.values())
+    chunks: dict[str, list] = {}
+    for b in dl:
+        assert b["video"].shape[0] == 1 and 1 <= b["video"].shape[1] <= chunk
+        chunks.setdefault(b["video_id"][0], []).append(b)
+    for vid, parts in chunks.items():
+        ref = whole[vid]
+        assert [int(p["chunk_index"][0]) for p in parts] == list(range(-(-seconds[vid] // chunk)))
+        assert {int(p["num_chunks"][0]) for p in parts} == {len(parts)}
+        assert torch.equal(torch.cat([p["video"] for p in parts], dim=1), ref["video"])
+        assert torch.equal(torch.cat([p["clip_times"] for p in parts], dim=1), ref["clip_times"])
+        first, later = parts[0], parts[1:]
+        for key in ("caption_start_s", "caption_end_s", "alignable", "text_tokens"):
+            assert torch.equal(first[key], ref[key]), key
+        assert first["captions"] == ref["captions"] and len(ref["captions"][0]) > 0
+        for p in later:  # the sentences once per video
+            assert p["captions"] == [[]] and p["text_tokens"].shape == (1, 0, 6)
+            assert p["caption_start_s"].shape == p["alignable"].shape == (1, 0)
+    shares = [
+        [
+            (b["video_id"][0], int(b["chunk_index"][0]))
+            for b in build_dataloader(
+                test, split="test", train=False, chunk_seconds=chunk, rank=r, world_size=2, **kw
+            )
+        ]
+        for r in range(2)
+    ]
+    everything = [(vid, int(p["chunk_index"][0])) for vid, parts in chunks.items() for p in parts]
+    assert sorted(shares[0] + shares[1]) == sorted(everything)
+    with pytest.raises(ValueError, match="chunk_seconds"):
+        build_dataloader(test, split="test", train=False, chunk_seconds=0, **kw)
+    with pytest.raises(ValueError, match="chunk_seconds"):
+        build_dataloader(test, split="test", train=False, chunk_seconds=2, **_kw())
+
+
 @pytest.mark.parametrize("n", [1, 9, 10, 11, 35, 80])
 def test_per_second_clip_indices(n):
     clips = per_second_clip_indices(n, FPS, clip_len=4, stride=2)

@@ -1,5 +1,6 @@
 """Video-text end to end on the tiny demo: a 2-rank ZeRO-2 run (MIL-NCE + Partial-MAE, retrieval and
-HTM-Align evaluation during and after training), exact resume, and scripts/eval.py on its checkpoint."""
+HTM-Align evaluation in chunks of seconds during and after training), exact resume, and scripts/eval.py
+on its checkpoint (one rank: the same alignment metrics)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def vt_config(data_dir, out_dir) -> dict:
             "samples_per_video": 2,
             "jitter_s": 0.3,
             "align_index": str(data_dir / "vlp_align.parquet"),
+            # one second per item: a video's chunks spread over both ranks (eval.py: over one)
+            "align_chunk_seconds": 1,
         },
         train={"max_steps": STEPS, "eval_every": 2},
         checkpoint={"every_steps": 2},

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from test_engine import _free_port, set_rank_env
 
 from turbo_ds.config import ConfigError, config_from_dict
@@ -114,18 +115,23 @@ def test_milnce_miech_scores_raw_embeddings_without_temperature(k):
     assert all(p.grad is not None for p in task.model.encoder.parameters() if p.requires_grad)
 
 
-def test_alignment_forward_scores_every_sentence_against_every_second():
+def test_alignment_forward_embeds_every_second_and_every_sentence():
     torch.manual_seed(0)
     task = build_task(_cfg()).eval()
     b = _batch(task, b=5)
-    batch = {"video": b["video"][None], "text_tokens": b["text_tokens"][None, :3, 0]}
+    tokens = b["text_tokens"][:3, 0]
+    text_calls = []
+    task.text.register_forward_hook(lambda *_: text_calls.append(1))
     with torch.no_grad():
-        out = task(batch)
-        sim = out.extras["sim"]
-        clips = torch.nn.functional.normalize(task.model(b["video"]).features, dim=-1)
-        text = torch.nn.functional.normalize(task.text(batch["text_tokens"][0]), dim=-1)
-    assert sim.shape == (3, 5)
-    torch.testing.assert_close(sim, text @ clips.T)
+        out = task({"video": b["video"][None], "text_tokens": tokens[None]})
+        clips = F.normalize(task.model(b["video"]).features, dim=-1)
+        text = F.normalize(task.text(tokens), dim=-1)
+        # a video's later chunk: no sentences, yet the text tower runs (ZeRO-3 gathers collectively)
+        later = task({"video": b["video"][None, :2], "text_tokens": tokens[None, :0]})
+    torch.testing.assert_close(out.extras["clip_emb"], clips)
+    torch.testing.assert_close(out.extras["text_emb"], text)
+    assert later.extras["clip_emb"].shape == (2, clips.shape[1]) and later.extras["text_emb"].shape[0] == 0
+    assert len(text_calls) == 3  # the two alignment forwards and the reference
 
 
 class FakeComm:
@@ -158,30 +164,40 @@ def test_retrieval_evaluator_gathers_each_sample_once():
     assert m["num_samples"] == 6 and m["t2v_r1"] == 100.0 and m["v2t_medr"] == 1.0
 
 
-def test_alignment_evaluator_pools_videos_of_all_ranks():
+def test_alignment_evaluator_joins_chunks_of_all_ranks():
     from turbo_ds.tasks.base import TaskOutput
     from turbo_ds.tasks.video_text import AlignmentEvaluator
 
-    def batch(vid, starts, ends, alignable):
-        return {
+    def update(ev, vid, chunk, num_chunks, clips, text=None, starts=(), ends=(), alignable=()):
+        """One chunk; ``text`` (M, E) on a video's first chunk, with its sentences' spans and flags."""
+        batch = {
             "video_id": [vid],
-            "caption_start_s": torch.tensor([starts]),
-            "caption_end_s": torch.tensor([ends]),
-            "alignable": torch.tensor([alignable]),
+            "chunk_index": torch.tensor([chunk]),
+            "num_chunks": torch.tensor([num_chunks]),
+            "caption_start_s": torch.tensor([list(starts)]),
+            "caption_end_s": torch.tensor([list(ends)]),
+            "alignable": torch.tensor([list(alignable)], dtype=torch.bool),
         }
+        text = torch.zeros(0, clips.shape[1]) if text is None else text
+        ev.update(batch, TaskOutput(torch.zeros(()), {}, extras={"clip_emb": clips, "text_emb": text}))
 
     ev0, ev1 = AlignmentEvaluator(), AlignmentEvaluator()
-    # video a: sentence 0 peaks at t=1 (span 1.2-1.8: hit), sentence 1 not alignable (low score)
-    ev0.update(
-        batch("a", [1.2, 0.0], [1.8, 1.0], [True, False]),
-        TaskOutput(torch.zeros(()), {}, extras={"sim": torch.tensor([[0.1, 0.9, 0.2], [0.0, 0.1, 0.0]])}),
-    )
+    # Unit text embeddings: a video's sim is its clips' columns. Video a (3 s), in two chunks on two
+    # ranks: sentence 0 peaks at t=1 (span 1.2-1.8: hit), sentence 1 not alignable (low score).
+    sim_a = torch.tensor([[0.1, 0.9, 0.2], [0.0, 0.1, 0.0]])
+    update(ev1, "a", 0, 2, sim_a.T[:2], torch.eye(2), [1.2, 0.0], [1.8, 1.0], [True, False])
+    update(ev0, "a", 1, 2, sim_a.T[2:])
     # video b: sentence peaks at t=0 but spans 2-3 (miss)
-    ev1.update(
-        batch("b", [2.0], [3.0], [True]),
-        TaskOutput(torch.zeros(()), {}, extras={"sim": torch.tensor([[0.8, 0.1, 0.3, 0.2]])}),
-    )
-    m = ev0.compute(FakeComm(ev1.videos))
+    sim_b = torch.tensor([[0.8, 0.1, 0.3, 0.2]])
+    update(ev1, "b", 0, 1, sim_b.T, torch.eye(1), [2.0], [3.0], [True])
+    # video c lost its second chunk (it failed to decode): left out, not scored on half its seconds
+    update(ev0, "c", 0, 2, torch.eye(1), torch.eye(1), [0.0], [1.0], [True])
+    other = (ev1.clips, ev1.texts)
+    sims = ev0.similarities(FakeComm(other))
+    assert sorted(sims) == ["a", "b"]
+    np.testing.assert_allclose(sims["a"][0], sim_a.numpy())
+    np.testing.assert_allclose(sims["b"][0], sim_b.numpy())
+    m = ev0.compute(FakeComm(other))
     assert m["align_r1"] == 50.0 and m["align_num_videos"] == 2 and m["align_num_sentences"] == 3
     assert m["align_roc_auc"] == 1.0  # both alignable sentences score above the non-alignable one
 
@@ -259,3 +275,158 @@ def test_frozen_text_tower_under_zero2_and_zero3(tmp_path):
         assert a["text_numel"] > 1024
     # the same model, data and seed: ZeRO-3 trains like ZeRO-2
     assert r0["zero3"]["losses"] == pytest.approx(r0["zero2"]["losses"], rel=1e-4, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- alignment in chunks
+
+# Two videos at 10 fps: 10 s and 7.5 s (8 seconds get a clip); [alignable, start_s, end_s, text].
+ALIGN_VIDEOS = {
+    "long": (
+        100,
+        [[1, 1.0, 2.5, "red green blue"], [0, 4.0, 5.0, "left right up"], [1, 6.0, 8.0, "down seven"]],
+    ),
+    "short": (75, [[1, 0.5, 2.0, "green blue left"], [1, 5.0, 7.0, "up down seven red"]]),
+}
+
+
+@pytest.fixture(scope="module")
+def align_index(tmp_path_factory):
+    from video_utils import write_test_video
+
+    from data_index.builders import build
+
+    root = tmp_path_factory.mktemp("align")
+    for i, (vid, (n, _)) in enumerate(ALIGN_VIDEOS.items()):
+        write_test_video(root / f"{vid}.mp4", n=n, fps=10, seed=i)
+    ann = root / "htm_align.json"
+    ann.write_text(json.dumps({vid: sents for vid, (_, sents) in ALIGN_VIDEOS.items()}))
+    build("htm_align", [ann], root, root / "align.parquet", workers=1)
+    return root / "align.parquet"
+
+
+def _align_cfg(index, **task):
+    return _cfg(align_index=str(index), retrieval_split=None, **task)
+
+
+def _align_loader(task, cfg, out_dir, rank=0, world=1):
+    """The loader the task's alignment evaluation asks for, as the trainer builds it."""
+    from turbo_ds.trainer import build_loader
+
+    (spec,) = task.eval_specs(split="test")
+    return build_loader(cfg, spec.data, spec.split, rank, world, Path(out_dir))
+
+
+def _one_forward_sims(task, index, max_seconds=None):
+    """The sims as alignment computed them before chunking: all seconds of a video in one forward."""
+    from turbo_ds.data import build_dataloader
+
+    kw = dict(num_frames=4, stride=2, img_size=32, num_workers=0, text_transform=task.tokenizer())
+    loader = build_dataloader(
+        index, split="test", sampler="per_second", train=False, max_seconds=max_seconds, **kw
+    )
+    sims = {}
+    with torch.no_grad():
+        for b in loader:
+            clips = F.normalize(task.model(b["video"][0]).features, dim=-1)
+            text = F.normalize(task.text(b["text_tokens"][0]), dim=-1)
+            sims[b["video_id"][0]] = (text @ clips.T).numpy()
+    return sims
+
+
+class SoloComm:
+    world_size = 1
+
+    def all_gather_object(self, obj):
+        return [obj]
+
+
+@pytest.mark.parametrize("max_seconds", [None, 5])
+def test_chunked_alignment_equals_one_forward(align_index, tmp_path, max_seconds):
+    from turbo_ds.tasks.video_text import AlignmentEvaluator
+
+    results = {}
+    for chunk in (100, 3, 1):  # 100 >= S: each video in one item and one forward
+        torch.manual_seed(0)
+        cfg = _align_cfg(align_index, align_chunk_seconds=chunk, align_max_seconds=max_seconds)
+        task = build_task(cfg).eval()
+        loader = _align_loader(task, cfg, tmp_path)
+        ev = AlignmentEvaluator()
+        sizes = []
+        with torch.no_grad():
+            for batch in loader:
+                sizes.append(batch["video"].shape[1])
+                ev.update(batch, task(batch))
+        assert max(sizes) <= chunk
+        results[chunk] = (ev.similarities(SoloComm()), ev.compute(SoloComm()), sizes)
+    seconds = {"long": 10, "short": 8} if max_seconds is None else {"long": 5, "short": 5}
+    assert sum(results[100][2]) == sum(seconds.values()) and len(results[100][2]) == 2
+    assert len(results[3][2]) == sum(-(-s // 3) for s in seconds.values())
+    reference = _one_forward_sims(task, align_index, max_seconds)
+    for chunk, (sims, metrics, _) in results.items():
+        assert sorted(sims) == sorted(reference)
+        for vid, ref in reference.items():
+            assert sims[vid][0].shape == (len(ALIGN_VIDEOS[vid][1]), seconds[vid])
+            np.testing.assert_allclose(sims[vid][0], ref, rtol=0, atol=1e-5, err_msg=f"chunk {chunk} {vid}")
+        assert metrics == pytest.approx(results[100][1]), chunk
+    assert results[1][1]["align_num_videos"] == 2 and results[1][1]["align_num_sentences"] == 5
+
+
+def test_align_chunk_seconds_is_checked():
+    assert build_task(_cfg()).options.align_chunk_seconds == 128
+    with pytest.raises(ConfigError, match="task.align_chunk_seconds' = 0: must be >= 1"):
+        build_task(_cfg(align_chunk_seconds=0))
+
+
+def _align_worker(rank: int, world: int, port: int, index: str, out_dir: str) -> None:
+    set_rank_env(rank, world, port)
+    from turbo_ds.engine import Engine
+    from turbo_ds.tasks.video_text import AlignmentEvaluator
+    from turbo_ds.trainer import evaluate
+
+    cfg = _align_cfg(index, align_chunk_seconds=3)
+    torch.manual_seed(0)
+    task = build_task(cfg)
+    eng = Engine.create(task, cfg, ROOT / "ds_configs" / "zero3.json")
+    loader = _align_loader(task, cfg, out_dir, rank, world)
+    ev = AlignmentEvaluator()
+    metrics = evaluate(eng, loader, ev, prefix="test")
+    sims = ev.similarities(eng)
+    if rank == 0:
+        np.savez(Path(out_dir) / "sims.npz", **{vid: v[0] for vid, v in sims.items()})
+    mine = sorted(f"{vid}/{c}" for vid, c in ev.clips)
+    with open(Path(out_dir) / f"align_rank{rank}.json", "w") as f:
+        json.dump({"metrics": metrics, "chunks": mine, "batches": len(loader)}, f)
+    from turbo_ds.engine import distributed
+
+    distributed.destroy()  # a gloo group left to interpreter exit can abort the process
+
+
+@pytest.mark.slow
+def test_chunked_alignment_over_two_ranks_under_zero3(align_index, tmp_path):
+    """Chunks of one video embedded on both ranks (ZeRO-3: the same forwards on every rank, the text
+    tower in each) and joined by the evaluator: the same sims as one forward per video."""
+    mp.start_processes(
+        _align_worker,
+        args=(2, _free_port(), str(align_index), str(tmp_path)),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
+    r0, r1 = (json.loads((tmp_path / f"align_rank{r}.json").read_text()) for r in range(2))
+    assert r0["metrics"] == r1["metrics"] and (r0["batches"], r1["batches"]) == (4, 3)  # 4 + 3 chunks
+    assert (
+        {c.split("/")[0] for c in r0["chunks"]}
+        == {c.split("/")[0] for c in r1["chunks"]}
+        == {"long", "short"}
+    )
+    assert sorted(r0["chunks"] + r1["chunks"]) == sorted(
+        [f"long/{c}" for c in range(4)] + [f"short/{c}" for c in range(3)]
+    )
+    torch.manual_seed(0)
+    task = build_task(_align_cfg(align_index)).eval()
+    reference = _one_forward_sims(task, align_index)
+    sims = np.load(tmp_path / "sims.npz")
+    assert sorted(sims.files) == sorted(reference)
+    for vid, ref in reference.items():
+        np.testing.assert_allclose(sims[vid], ref, rtol=0, atol=1e-5, err_msg=vid)
+    assert r0["metrics"]["test/align_num_videos"] == 2

@@ -11,9 +11,11 @@ Text-video modes (sampler kinds):
   caption drawn from (seed, epoch, item); evaluation: one item per (video, caption) pair. Items add
   ``text`` (that caption), ``captions`` (K = ``num_captions`` str: it, then the K-1 other captions of
   the video nearest in time to the clip), ``caption_mask`` (K,) bool, ``clip_center_s`` (float).
-- ``per_second``: one item per video, ``video`` (S, C, T, H, W) with one clip per second, and every
-  caption of the video (``captions``, ``caption_start_s``, ``caption_end_s``, ``alignable``), plus
-  ``clip_times`` (S,) (HTM-Align evaluation).
+- ``per_second``: one item per chunk of a video (HTM-Align evaluation): ``video`` (S_c, C, T, H, W) with
+  one clip per second of the chunk (at most ``chunk_seconds``; a whole video without chunking),
+  ``clip_times`` (S_c,), ``chunk_index`` and ``num_chunks``; the video's first chunk carries every
+  caption of the video (``captions``, ``caption_start_s``, ``caption_end_s``, ``alignable``), the
+  others none (M = 0), so a video's text is tokenised and embedded once.
 
 With a ``text_transform`` (a picklable tokenizer, run in the workers) items also carry ``text_tokens``
 (n, L) long for their captions. A video that fails to decode is replaced by another sample chosen
@@ -130,6 +132,8 @@ class VideoDataset(Dataset):
         self.only_alignable = bool(only_alignable)
         # Caption evaluation: one item per (video position, caption position) pair.
         self._pairs: np.ndarray | None = None
+        # per_second: one item per (video position, chunk, chunks of the video).
+        self._chunks: np.ndarray | None = self._second_chunks() if kind == "per_second" else None
         if kind == "caption" and not train:
             self._pairs = self._caption_pairs()
             if len(self._pairs) == 0:
@@ -151,9 +155,26 @@ class VideoDataset(Dataset):
             pairs = pairs[flags.astype(bool)]
         return pairs
 
+    def _second_chunks(self) -> np.ndarray:
+        """(N, 3) int64 (video position, chunk, num_chunks) of every per_second chunk of the split,
+        from the index's frame counts and fps (as :func:`frame_count_and_fps` reads them; a video
+        without frames makes one item, which fails to decode and is replaced)."""
+        frames = np.nan_to_num(self.index.column("num_frames").astype(np.float64), nan=0.0)
+        fps = np.nan_to_num(self.index.column("fps").astype(np.float64), nan=0.0)
+        counts = [
+            self.frame_sampler.num_chunks(max(int(n), 1), float(f) if f > 0 else 25.0)
+            for n, f in zip(frames, fps, strict=True)
+        ]
+        counts = np.asarray(counts, dtype=np.int64)
+        video = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        chunk = np.arange(len(video), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        return np.stack([video, chunk, counts[video]], axis=1)
+
     def __len__(self) -> int:
         if self._pairs is not None:
             return len(self._pairs)
+        if self._chunks is not None:
+            return len(self._chunks)
         if self.frame_sampler.kind == "caption":
             return len(self.index) * self.samples_per_video
         return len(self.index)
@@ -162,6 +183,8 @@ class VideoDataset(Dataset):
         """Position (in the split) of the video item ``idx`` comes from."""
         if self._pairs is not None:
             return int(self._pairs[idx, 0])
+        if self._chunks is not None:
+            return int(self._chunks[idx, 0])
         if self.frame_sampler.kind == "caption":
             return int(idx) // self.samples_per_video
         return int(idx)
@@ -270,24 +293,27 @@ class VideoDataset(Dataset):
         return item
 
     def _load_per_second(self, idx: int) -> dict[str, Any]:
-        """Alignment mode: one clip per second of the video and all its captions (deterministic)."""
-        row = self.index[idx]
+        """Alignment mode: one clip per second of one chunk of the video (deterministic), and all the
+        video's captions on its first chunk."""
+        pos, chunk, num_chunks = (int(x) for x in self._chunks[idx])
+        row = self.index[pos]
         num_frames, fps = frame_count_and_fps(row)
-        clips = self.frame_sampler(num_frames, None, fps=fps)
+        clips = self.frame_sampler(num_frames, None, fps=fps, chunk=chunk)
         views = self._decode(row, clips, num_frames, None)
         item = self._base_item(row, torch.stack(views), idx)
-        captions = row.get("captions") or []
+        item["chunk_index"], item["num_chunks"] = chunk, num_chunks
+        # The text rides with the first chunk only: a video's sentences are embedded once.
+        captions = (row.get("captions") or []) if chunk == 0 else []
         item["captions"] = [c["text"] for c in captions]
         item["caption_start_s"] = torch.tensor([c["start_s"] for c in captions], dtype=torch.float32)
         item["caption_end_s"] = torch.tensor([c["end_s"] for c in captions], dtype=torch.float32)
         item["alignable"] = torch.tensor(
             [c.get("alignable") is not False for c in captions], dtype=torch.bool
         )
-        item["clip_times"] = torch.arange(len(clips), dtype=torch.float32) + 0.5
+        first = self.frame_sampler.chunk_start_s(chunk)
+        item["clip_times"] = torch.arange(first, first + len(clips), dtype=torch.float32) + 0.5
         if self.text_transform is not None:
-            item["text_tokens"] = (
-                self._tokens(item["captions"]) if captions else torch.zeros((0, 0), dtype=torch.long)
-            )
+            item["text_tokens"] = self._tokens(item["captions"])  # (0, L) without captions
         return item
 
     def _rng(self, idx: int, epoch: int, attempt: int) -> np.random.Generator | None:
@@ -447,6 +473,9 @@ def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
         out["captions"] = [b["captions"] for b in batch]
     if "clip_center_s" in batch[0]:
         out["clip_center_s"] = torch.tensor([b["clip_center_s"] for b in batch], dtype=torch.float32)
+    for key in ("chunk_index", "num_chunks"):
+        if key in batch[0]:
+            out[key] = torch.tensor([b[key] for b in batch], dtype=torch.long)
     for key in _STACKED:
         if key in batch[0]:
             out[key] = torch.stack([b[key] for b in batch])

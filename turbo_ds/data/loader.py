@@ -126,6 +126,7 @@ def build_dataloader(
     jitter_s: float = 0.0,
     only_alignable: bool = True,
     max_seconds: int | None = None,
+    chunk_seconds: int | None = None,
     group_by_video: bool = False,
 ) -> ResumableDataLoader:
     """DataLoader over one split of a Parquet video index, sharded for ``rank`` of ``world_size``.
@@ -154,12 +155,18 @@ def build_dataloader(
             then the K-1 other captions of the video whose span centre is nearest the clip centre),
             ``caption_mask`` (K,) bool (False for repeats when the video has fewer than K captions),
             ``clip_center_s`` (float, centre of the clip's first and last frames).
-            per_second (``train`` must be False; ``batch_size`` is forced to 1): one item per video,
-            ``video`` (S, C, T, H, W), clip s (``num_frames`` every ``stride`` frames) centred on
-            s + 0.5 s (kept inside the video), S = ceil(duration) or ``max_seconds`` if smaller (the
-            first seconds only; captions are all kept); ``captions`` (M str, every caption),
-            ``caption_start_s``/``caption_end_s`` float32 (M,), ``alignable`` bool (M,) (null ->
-            True), ``clip_times`` float32 (S,) = s + 0.5. Batches have a leading dimension of 1.
+            per_second (``train`` must be False; ``batch_size`` is forced to 1): a video's S seconds,
+            S = ceil(duration) or ``max_seconds`` if smaller (the first seconds only; captions are
+            all kept), in chunks of ``chunk_seconds`` consecutive seconds (None: one chunk), one item
+            per chunk (length = sum over videos of ceil(S / chunk_seconds); only one chunk's frames
+            are decoded at a time): ``video`` (S_c, C, T, H, W), S_c <= chunk_seconds, clip s
+            (``num_frames`` every ``stride`` frames) centred on s + 0.5 s (kept inside the video),
+            ``clip_times`` float32 (S_c,) = s + 0.5 (absolute seconds), ``chunk_index`` (long, 0 ..
+            ``num_chunks`` - 1, in time order), ``num_chunks`` (long, the video's chunk count). The
+            first chunk (``chunk_index`` 0) carries the video's text: ``captions`` (M str, every
+            caption), ``caption_start_s``/``caption_end_s`` float32 (M,), ``alignable`` bool (M,)
+            (null -> True); the other chunks carry them with M = 0. Batches have a leading
+            dimension of 1.
         img_size: output height = width. Train: random resized crop (``scale``), flip with probability
             ``hflip`` (default 0: direction-sensitive labels). Eval: short side to img_size*256/224,
             centre crop. Frames are decoded at reduced size by the backend.
@@ -174,13 +181,15 @@ def build_dataloader(
             ``loader.failure_summary()`` reads it.
         text_transform: picklable ``list[str] -> LongTensor (n, L)`` tokenizer (fixed L), called in the
             dataset (DataLoader workers): items get ``text_tokens`` for their captions (caption: (K, L);
-            per_second: (M, L); other samplers with ``with_text``: (1, L)).
+            per_second: (M, L), (0, L) on a video's later chunks; other samplers with ``with_text``:
+            (1, L)).
         samples_per_video, num_captions, jitter_s: caption sampler only (above).
         group_by_video: caption training: shuffle videos, not items, so a video's samples_per_video
             clips are consecutive and meet in one global batch (negatives that differ only in time).
         only_alignable: caption sampler: captions whose ``alignable`` is False are neither sampled,
             evaluated nor neighbours (null counts as alignable). per_second always keeps all captions.
         max_seconds: per_second: clips for the first ``max_seconds`` seconds only (None = all).
+        chunk_seconds: per_second: at most this many seconds (clips) per item (None = a whole video).
 
     Returns a :class:`ResumableDataLoader` yielding dicts ``{"video": float32 (B, C, T, H, W),
     "label": long (B,), "video_id": list[str], "sample_idx": long (B,)}`` (+ extras above). Its
@@ -191,10 +200,15 @@ def build_dataloader(
     """
     index = VideoIndex(index_path, root=root, split=split)
     frame_sampler = FrameSampler(
-        kind=sampler, num_frames=num_frames, stride=stride, num_clips=num_clips, max_seconds=max_seconds
+        kind=sampler,
+        num_frames=num_frames,
+        stride=stride,
+        num_clips=num_clips,
+        max_seconds=max_seconds,
+        chunk_seconds=chunk_seconds,
     )
     if sampler == "per_second":
-        batch_size = 1  # S and M vary from video to video
+        batch_size = 1  # S_c and M vary from item to item
     transform = ClipTransform(img_size=img_size, train=train, scale=scale, hflip=hflip, num_crops=num_crops)
     if isinstance(max_failures, float) and 0 < max_failures < 1:
         cap = max(1, int(max_failures * len(index)))

@@ -115,16 +115,28 @@ def num_seconds(num_frames: int, fps: float) -> int:
     return max(1, math.ceil(dur - 1e-6 * max(1.0, dur)))
 
 
+def per_second_count(num_frames: int, fps: float, max_seconds: int | None = None) -> int:
+    """S, the seconds that get a clip: ceil(duration), or ``max_seconds`` if smaller."""
+    n_sec = num_seconds(num_frames, fps)
+    return n_sec if max_seconds is None else min(n_sec, int(max_seconds))
+
+
 def per_second_clip_indices(
-    num_frames: int, fps: float, clip_len: int, stride: int, max_seconds: int | None = None
+    num_frames: int,
+    fps: float,
+    clip_len: int,
+    stride: int,
+    max_seconds: int | None = None,
+    first: int = 0,
+    count: int | None = None,
 ) -> list[np.ndarray]:
     """One dense clip per second of the video (HTM-Align evaluation): clip ``s`` is centred on
     ``s + 0.5`` s, for ``s`` in ``0 .. S-1`` with S = ceil(duration), or ``min(S, max_seconds)``: only
-    the first ``max_seconds`` seconds."""
-    n_sec = num_seconds(num_frames, fps)
-    if max_seconds is not None:
-        n_sec = min(n_sec, int(max_seconds))
-    return [centred_clip_indices(num_frames, fps, s + 0.5, clip_len, stride) for s in range(n_sec)]
+    the first ``max_seconds`` seconds. ``first``, ``count``: only seconds ``first .. first+count-1``
+    of those (a chunk)."""
+    n_sec = per_second_count(num_frames, fps, max_seconds)
+    stop = n_sec if count is None else min(n_sec, int(first) + int(count))
+    return [centred_clip_indices(num_frames, fps, s + 0.5, clip_len, stride) for s in range(first, stop)]
 
 
 def multiview_clip_indices(num_frames: int, clip_len: int, stride: int, num_clips: int) -> list[np.ndarray]:
@@ -148,7 +160,9 @@ class FrameSampler:
     takes the frame at (k + 0.5) / V of each segment), "caption" (a clip around one caption's span; uses
     stride if given else covers the span uniformly), "multiview" (num_clips dense clips; spatial crops
     are the transform's job), "per_second" (one dense clip per second of the video, centred on
-    s + 0.5 s; ``max_seconds`` keeps the first seconds only).
+    s + 0.5 s; ``max_seconds`` keeps the first seconds only; with ``chunk_seconds`` a sample is one
+    chunk of at most that many consecutive seconds, so a video of S seconds makes
+    ``num_chunks`` = ceil(S / chunk_seconds) samples).
     """
 
     kind: str = "dense"
@@ -156,6 +170,7 @@ class FrameSampler:
     stride: int | None = 4
     num_clips: int = 1
     max_seconds: int | None = None
+    chunk_seconds: int | None = None
 
     def __post_init__(self):
         if self.kind not in SAMPLER_KINDS:
@@ -168,6 +183,21 @@ class FrameSampler:
             raise ValueError(f"num_clips must be >= 1, got {self.num_clips}")
         if self.max_seconds is not None and self.max_seconds < 1:
             raise ValueError(f"max_seconds must be >= 1 or None, got {self.max_seconds}")
+        if self.chunk_seconds is not None and (self.kind != "per_second" or self.chunk_seconds < 1):
+            raise ValueError(
+                f"chunk_seconds must be None, or >= 1 with sampler 'per_second'; got {self.chunk_seconds} "
+                f"with sampler {self.kind!r}"
+            )
+
+    def num_chunks(self, num_frames: int, fps: float) -> int:
+        """per_second: the samples a video makes, ceil(S / chunk_seconds) (1 without chunking)."""
+        if self.chunk_seconds is None:
+            return 1
+        return -(-per_second_count(num_frames, fps, self.max_seconds) // self.chunk_seconds)
+
+    def chunk_start_s(self, chunk: int) -> int:
+        """per_second: the first second of chunk ``chunk``."""
+        return int(chunk) * self.chunk_seconds if self.chunk_seconds is not None else 0
 
     def __call__(
         self,
@@ -176,11 +206,13 @@ class FrameSampler:
         fps: float = 25.0,
         span_s=None,
         center_s: float | None = None,
+        chunk: int = 0,
     ) -> list[np.ndarray]:
         """Indices for one sample as a list of clips (one clip except for multiview and per_second).
 
         caption: with a stride and ``center_s``, the clip is centred on ``center_s`` (what the dataset's
-        caption mode passes: the caption's centre, jittered in training); otherwise around ``span_s``."""
+        caption mode passes: the caption's centre, jittered in training); otherwise around ``span_s``.
+        per_second: the clips of chunk ``chunk`` (every second without ``chunk_seconds``)."""
         if self.kind == "dense":
             return [dense_clip_indices(num_frames, self.num_frames, self.stride, rng, center=rng is None)]
         if self.kind == "uniform":
@@ -192,7 +224,15 @@ class FrameSampler:
                 ]
             return uniform_offset_indices(num_frames, self.num_frames, self.num_clips)
         if self.kind == "per_second":
-            return per_second_clip_indices(num_frames, fps, self.num_frames, self.stride, self.max_seconds)
+            return per_second_clip_indices(
+                num_frames,
+                fps,
+                self.num_frames,
+                self.stride,
+                self.max_seconds,
+                first=self.chunk_start_s(chunk),
+                count=self.chunk_seconds,
+            )
         if self.kind == "caption":
             if center_s is not None and self.stride is not None:
                 return [centred_clip_indices(num_frames, fps, center_s, self.num_frames, self.stride)]

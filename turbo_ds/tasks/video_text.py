@@ -9,7 +9,9 @@ the video tower.
 Evaluation, all tokens: **retrieval** on captioned clips (text-to-video and video-to-text R@1/5/10 and
 median rank over the whole split, gathered from every rank) and **alignment** with the HTM-Align
 protocol (the video embedded once per second, every sentence scored against every second: R@1 of
-alignable sentences and ROC-AUC of alignability).
+alignable sentences and ROC-AUC of alignability). Alignment embeds a video's seconds in chunks of
+``align_chunk_seconds`` (one loader item, one forward each), so memory does not grow with its length;
+the evaluator joins each video's chunks, from whichever ranks embedded them.
 """
 
 from __future__ import annotations
@@ -79,6 +81,16 @@ class VideoTextOptions:
     """Split of ``align_index``."""
     align_max_seconds: int | None = None
     """Embed at most the first N seconds of each alignment video (null = all)."""
+    align_chunk_seconds: int = 128
+    """Seconds of an alignment video decoded and embedded together (one loader item, one forward):
+    memory is bounded by this, not by the video's length; results do not depend on it. 128 fits an
+    80 GB GPU with room to spare at ViT-B/16, 224 px, 16-frame clips: a second's clip is
+    8 x 14 x 14 = 1568 tokens, a block without autograd peaks at about 11 x tokens x 768 elements
+    (measured on the CPU: residual, LayerNorm, the MLP's 4x hidden before and after GELU), 26 MB in
+    bf16, plus the clip itself (4.8 MB in bf16): about 4 GB for 128 seconds, beside the training
+    run's model and optimizer states. Larger chunks would not be faster (200k tokens per forward
+    already fill the GPU) and the loader holds each item on the host in fp32 (1.2 GB at 128 s),
+    ``data.num_workers`` x 2 (prefetch) items at a time: lower it if host memory is short."""
     align_during_training: bool = True
     """Also run the alignment evaluation every ``train.eval_every`` steps (else only at the end)."""
 
@@ -109,6 +121,8 @@ class VideoTextOptions:
             raise option_error("context_length", self.context_length, "must be >= 2 or null")
         if self.align_max_seconds is not None and self.align_max_seconds < 1:
             raise option_error("align_max_seconds", self.align_max_seconds, "must be >= 1 or null")
+        if self.align_chunk_seconds < 1:
+            raise option_error("align_chunk_seconds", self.align_chunk_seconds, "must be >= 1")
 
 
 # --------------------------------------------------------------------------- evaluators
@@ -142,25 +156,49 @@ class RetrievalEvaluator:
 
 
 class AlignmentEvaluator:
-    """HTM-Align: per video, the sentence x second similarity; pooled over all videos of all ranks."""
+    """HTM-Align: per video, the sentence x second similarity; pooled over all videos of all ranks.
+
+    A batch is one chunk of a video's seconds (see ``align_chunk_seconds``); the chunks of a video may
+    be embedded on different ranks, so the evaluator keeps each chunk's second embeddings and each
+    video's sentence embeddings (from its first chunk), gathers them all, and scores a video once all
+    its chunks are in."""
 
     def __init__(self) -> None:
-        self.videos: dict[str, tuple] = {}
+        self.clips: dict[tuple[str, int], np.ndarray] = {}  # (video, chunk) -> (S_c, E)
+        self.texts: dict[str, tuple] = {}  # video -> (text (M, E), start_s, end_s, alignable, num_chunks)
 
     def update(self, batch: dict[str, Any], out: TaskOutput) -> None:
-        vid = batch["video_id"][0]
-        self.videos[vid] = (
-            out.extras["sim"].float().cpu().numpy(),
-            np.asarray(batch["caption_start_s"][0], dtype=np.float64),
-            np.asarray(batch["caption_end_s"][0], dtype=np.float64),
-            np.asarray(batch["alignable"][0], dtype=bool),
-        )
+        vid, chunk = batch["video_id"][0], int(batch["chunk_index"][0])
+        self.clips[vid, chunk] = out.extras["clip_emb"].float().cpu().numpy()
+        if chunk == 0:
+            self.texts[vid] = (
+                out.extras["text_emb"].float().cpu().numpy(),
+                np.asarray(batch["caption_start_s"][0], dtype=np.float64),
+                np.asarray(batch["caption_end_s"][0], dtype=np.float64),
+                np.asarray(batch["alignable"][0], dtype=bool),
+                int(batch["num_chunks"][0]),
+            )
+
+    def similarities(self, comm: Comm) -> dict[str, tuple]:
+        """Every rank's chunks joined: video id -> (sim (M, S), start_s, end_s, alignable). Collective."""
+        clips: dict[tuple[str, int], np.ndarray] = {}
+        texts: dict[str, tuple] = {}
+        for part_clips, part_texts in comm.all_gather_object((self.clips, self.texts)):
+            clips.update(part_clips)
+            texts.update(part_texts)
+        videos = {}
+        for vid in sorted(texts):
+            text, start, end, alignable, num_chunks = texts[vid]
+            parts = [clips.get((vid, c)) for c in range(num_chunks)]
+            # A chunk that failed to decode was replaced by another item: leave the video out, as a
+            # video that failed whole is (and as ``train.eval_max_batches`` cutting it short does).
+            if any(p is None for p in parts):
+                continue
+            videos[vid] = (text @ np.concatenate(parts).T, start, end, alignable)
+        return videos
 
     def compute(self, comm: Comm) -> dict[str, float]:
-        merged: dict[str, tuple] = {}
-        for part in comm.all_gather_object(self.videos):
-            merged.update(part)
-        videos = [merged[k] for k in sorted(merged)]
+        videos = list(self.similarities(comm).values())
         metrics = alignment_metrics(videos)
         metrics["align_chance_r1"] = alignment_chance_r1(videos)
         metrics["align_num_videos"] = float(len(videos))
@@ -245,7 +283,11 @@ class VideoTextTask(Task):
             batch_size=1,
             index=o.align_index,
             root=o.align_root,
-            kwargs={"text_transform": self.tokenizer(), "max_seconds": o.align_max_seconds},
+            kwargs={
+                "text_transform": self.tokenizer(),
+                "max_seconds": o.align_max_seconds,
+                "chunk_seconds": o.align_chunk_seconds,
+            },
         )
         return EvalSpec(
             o.align_split,
@@ -303,11 +345,12 @@ class VideoTextTask(Task):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(..., L) token ids -> (..., E) embeddings."""
         lead = tokens.shape[:-1]
-        return self.text(tokens.reshape(-1, tokens.shape[-1])).reshape(*lead, -1)
+        emb = self.text(tokens.reshape(-1, tokens.shape[-1]))
+        return emb.reshape(*lead, emb.shape[-1])  # not -1: lead may hold no sentence
 
     def forward(self, batch: dict[str, Any]) -> TaskOutput:
         video = batch["video"]
-        if video.ndim == 6:  # (1, S, C, T, H, W): one clip per second of a video (alignment)
+        if video.ndim == 6:  # (1, S_c, C, T, H, W): one clip per second of a chunk of a video (alignment)
             return self._forward_alignment(batch)
         out = self.model(video)
         video_emb = out.features.float()
@@ -348,8 +391,13 @@ class VideoTextTask(Task):
         video = batch["video"]
         if video.shape[0] != 1:
             raise ValueError(f"alignment batches hold one video, got {video.shape[0]}")
-        clips = self.model(video[0]).features.float()  # (S, E): one embedding per second
+        clips = self.model(video[0]).features.float()  # (S_c, E): one embedding per second
+        # The text tower runs on every chunk, on (0, L) tokens after a video's first: ZeRO-3 gathers
+        # each module's parameters collectively, so every rank must enter the same modules.
         text = self.encode_text(batch["text_tokens"][0]).float()  # (M, E)
-        sim = F.normalize(text, dim=-1) @ F.normalize(clips, dim=-1).T  # (M, S)
-        zero = sim.sum() * 0.0
-        return TaskOutput(loss=zero, losses={}, batch_size=1, extras={"sim": sim.detach()})
+        extras = {
+            "clip_emb": F.normalize(clips, dim=-1).detach(),
+            "text_emb": F.normalize(text, dim=-1).detach(),
+        }
+        zero = clips.sum() * 0.0 + text.sum() * 0.0
+        return TaskOutput(loss=zero, losses={}, batch_size=1, extras=extras)
