@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from turbo_ds.tasks.contrastive import all_gather_with_grad, info_nce, mil_nce, milnce_miech
+from turbo_ds.losses.contrastive import all_gather_with_grad, info_nce, mil_nce, milnce_miech
 
 WORLD, BATCH, K, D_IN, EMB = 2, 8, 3, 6, 5
 LOSSES = ("info_nce", "mil_nce", "milnce_miech")

@@ -94,3 +94,25 @@ def test_topk_accuracy():
     assert acc["top1"].item() == pytest.approx(100 / 3)
     assert acc["top2"].item() == pytest.approx(200 / 3)
     assert acc["top5"].item() == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        {"name": "classification", "num_classes": 5},
+        {"name": "video_text", "text_model": "turbo-tiny", "context_length": 8},
+        {"name": "long_video", "num_classes": 4},
+        {"name": "long_video_two_stage", "num_classes": 4, "clip_frames": 2},
+    ],
+)
+def test_video_encoder_prefix_is_where_the_tasks_encoder_sits(task):
+    """What export and scripts/eval.py --weights ask of a task: its VideoViT's place in the state dict."""
+    from turbo_ds.models import VideoViT
+
+    cfg = {"model": {"name": "vit_debug", "overrides": {"pos_embed": "learned"}}, "task": task}
+    cfg["token_dropout"] = {"drop_ratio": 0.5}  # long_video evaluates draws at the training ratio
+    built = build_task(config_from_dict({**cfg, "data": {"num_frames": 4, "img_size": 32}}))
+    prefix = type(built).video_encoder_prefix
+    assert isinstance(built.get_submodule(prefix.rstrip(".")), VideoViT)
+    keys = [k for k in built.state_dict() if k.startswith(prefix)]
+    assert f"{prefix}blocks.0.attn.qkv.weight" in keys

@@ -94,7 +94,7 @@ def test_milnce_option_and_bad_options():
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_milnce_miech_scores_raw_embeddings_without_temperature(k):
-    from turbo_ds.tasks.contrastive import milnce_miech
+    from turbo_ds.losses.contrastive import milnce_miech
 
     torch.manual_seed(0)
     task = build_task(_cfg(loss="milnce_miech", num_captions=k, learn_temperature=True))

@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from turbo_ds.tasks.retrieval_metrics import (
-    alignment_chance_r1,
-    alignment_metrics,
-    retrieval_chance_r1,
-    retrieval_metrics,
-    roc_auc,
-)
+from turbo_ds.metrics.alignment import alignment_chance_r1, alignment_metrics, roc_auc
+from turbo_ds.metrics.retrieval import retrieval_chance_r1, retrieval_metrics
 
 
 def test_identity_sim_is_perfect():

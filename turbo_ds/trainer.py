@@ -903,7 +903,8 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
     if args.weights:
         data = read_export(args.weights, trust_pickle=args.trust_pickle)
         stored_cfg = data["train_config"]
-        sd = data.get("task_state_dict") or {ENCODER_PREFIX + k: v for k, v in data["state_dict"].items()}
+        prefix = data.get("encoder_prefix", ENCODER_PREFIX)
+        sd = data.get("task_state_dict") or {prefix + k: v for k, v in data["state_dict"].items()}
         source = args.weights
     else:
         sd, client = consolidate(args.checkpoint, trust_pickle=args.trust_pickle)

@@ -1,8 +1,8 @@
 """Checkpoint conversion: ZeRO shards -> one fp32 file ``VideoViT`` loads; DeepSpeed universal checkpoints.
 
 An export is two files that hold no code: ``<name>.safetensors``, the task-level fp32 state dict
-(encoder under ``model.encoder.``, plus e.g. the Partial-MAE decoder, so that training can also start
-from an export), and ``<name>.json``: ``{"format": "turbo_ds", "weights": "<name>.safetensors",
+(the video encoder under the task's ``video_encoder_prefix``, ``model.encoder.`` for most tasks, plus
+e.g. the Partial-MAE decoder, so that training can also start from an export), and ``<name>.json``: ``{"format": "turbo_ds", "weights": "<name>.safetensors",
 "encoder_prefix", "vit_config": ViTConfig fields, "train_config": the run's resolved config, "task",
 "step"}``. :func:`load_exported` rebuilds the ``VideoViT``; :func:`read_export` gives everything.
 Exports from before (one ``torch.save`` pickle of the same dict) still load, with
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-ENCODER_PREFIX = "model.encoder."
+ENCODER_PREFIX = "model.encoder."  # exports that do not say (before encoder_prefix was written)
 EXPORT_VERSION = 1
 # What DeepSpeed itself pickles in its checkpoint files beyond tensors and plain containers; anything
 # else in a checkpoint (whose conversion DeepSpeed unpickles in full) needs trust_pickle.
@@ -116,7 +116,7 @@ def export_encoder(
     from safetensors.torch import save_file
 
     from turbo_ds.config import config_from_dict, upgrade_stored_config
-    from turbo_ds.tasks import build_model
+    from turbo_ds.tasks import build_model, get_task_class
 
     sd, client = consolidate(checkpoint_dir, tag, trust_pickle)
     if "config" not in client:
@@ -124,7 +124,8 @@ def export_encoder(
             f"checkpoint {checkpoint_dir} has no turbo_ds client state (not written by turbo_ds?)"
         )
     cfg = config_from_dict(upgrade_stored_config(client["config"]))
-    enc_sd = {k[len(ENCODER_PREFIX) :]: v for k, v in sd.items() if k.startswith(ENCODER_PREFIX)}
+    prefix = get_task_class(cfg.task.name).video_encoder_prefix
+    enc_sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     num_classes = enc_sd["head.weight"].shape[0] if "head.weight" in enc_sd else 0
     cfg.pmae.enabled = False
     encoder = build_model(
@@ -140,14 +141,14 @@ def export_encoder(
         "format": "turbo_ds",
         "version": EXPORT_VERSION,
         "weights": weights.name,
-        "encoder_prefix": ENCODER_PREFIX,
+        "encoder_prefix": prefix,
         "vit_config": vit_config,
         "train_config": client["config"],
         "task": cfg.task.name,
         "step": client.get("step"),
     }
     weights.parent.mkdir(parents=True, exist_ok=True)
-    header = {"format": "turbo_ds", "encoder_prefix": ENCODER_PREFIX, "config": config.name}
+    header = {"format": "turbo_ds", "encoder_prefix": prefix, "config": config.name}
     save_file({k: v.contiguous() for k, v in sd.items()}, str(weights), metadata=header)
     config.write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return weights

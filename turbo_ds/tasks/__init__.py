@@ -81,8 +81,12 @@ def build_task(cfg: TrainConfig) -> Task:
 
 
 def __getattr__(name: str):  # lazy: importing turbo_ds.tasks does not build every task module
-    if name in ("ClassificationTask", "topk_accuracy"):
-        from turbo_ds.tasks import classification
+    if name == "ClassificationTask":
+        from turbo_ds.tasks.classification import ClassificationTask
 
-        return getattr(classification, name)
+        return ClassificationTask
+    if name == "topk_accuracy":
+        from turbo_ds.tasks.common import topk_accuracy
+
+        return topk_accuracy
     raise AttributeError(name)

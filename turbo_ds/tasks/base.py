@@ -149,6 +149,9 @@ class Task(nn.Module):
     Options: ClassVar[type] = NoOptions
     headline: ClassVar[tuple[str, ...]] = ("loss",)
     """Metric names (without the split prefix) logged at every evaluation."""
+    video_encoder_prefix: ClassVar[str] = "model.encoder."
+    """Where the task's video encoder (a VideoViT) sits in its state dict: what ``scripts/export.py``
+    exports as the encoder and ``scripts/eval.py --weights`` puts back."""
     weight_options: ClassVar[tuple[str, ...]] = ()
     """Options naming weight files (e.g. a text tower checkpoint) that evaluation skips: the
     checkpoint being evaluated holds those weights."""

@@ -15,17 +15,14 @@ import torch.nn.functional as F
 from turbo_ds.config import ConfigError, TrainConfig
 from turbo_ds.models import TurboModel
 from turbo_ds.tasks.base import DataSpec, EvalSpec, MeanEvaluator, Task, TaskOutput
+from turbo_ds.tasks.common import (
+    add_mae_loss,
+    average_views,
+    num_classes_in_index,
+    tokens_per_clip,
+    topk_accuracy,
+)
 from turbo_ds.tasks.registry import register_task
-
-
-def topk_accuracy(
-    logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
-) -> dict[str, torch.Tensor]:
-    """Top-k accuracy in percent for each k (k capped at the number of classes)."""
-    maxk = min(max(ks), logits.shape[-1])
-    pred = logits.topk(maxk, dim=-1).indices
-    hit = pred.eq(labels[:, None])
-    return {f"top{k}": hit[:, : min(k, maxk)].any(dim=1).float().mean() * 100.0 for k in ks}
 
 
 @dataclass
@@ -44,12 +41,6 @@ class ClassificationOptions:
             raise ConfigError(
                 f"config key 'task.label_smoothing' = {self.label_smoothing!r}: must be in [0, 1)"
             )
-
-
-def num_classes_in_index(cfg: TrainConfig) -> int:
-    from turbo_ds.data import VideoIndex
-
-    return int(VideoIndex(cfg.data.index, root=cfg.data.root).num_classes)
 
 
 @register_task("classification")
@@ -129,16 +120,13 @@ class ClassificationTask(Task):
         out = self.model(video)
         logits = out.logits.float()
         if views > 1:
-            probs = logits.softmax(dim=-1).view(b, views, -1).mean(dim=1)
-            logits = probs.clamp_min(1e-12).log()
+            logits = average_views(logits, views)
         cls_loss = F.cross_entropy(
             logits, labels, label_smoothing=self.label_smoothing if self.training else 0.0
         )
         losses = {"cls_loss": cls_loss}
         metrics: dict[str, torch.Tensor] = {}
-        if out.mae_loss is not None and self.mae_weight > 0:
-            losses["mae_loss"] = self.mae_weight * out.mae_loss.float()
-            metrics["mae_loss_unweighted"] = out.mae_loss.detach().float()
+        add_mae_loss(losses, metrics, out, self.mae_weight)
         loss = sum(losses.values())
         with torch.no_grad():
             metrics.update(topk_accuracy(logits.detach(), labels))
@@ -149,10 +137,3 @@ class ClassificationTask(Task):
             batch_size=int(labels.shape[0]),
             extras={"logits": logits.detach(), "tokens_per_clip": tokens_per_clip(out) * views},
         )
-
-
-def tokens_per_clip(out) -> int:
-    """Patch tokens the encoder processed per clip (kept tokens under token dropout)."""
-    if out.keep_idx is not None:
-        return int(out.keep_idx.shape[1])
-    return int(out.tokens.shape[1]) if out.tokens is not None else 0

@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from turbo_ds.config import TrainConfig
 from turbo_ds.models import TurboModel
 from turbo_ds.tasks.base import DataSpec, EvalSpec, MeanEvaluator, Task, TaskOutput, option_error
-from turbo_ds.tasks.classification import num_classes_in_index, tokens_per_clip, topk_accuracy
+from turbo_ds.tasks.common import (
+    add_mae_loss,
+    average_views,
+    num_classes_in_index,
+    tokens_per_clip,
+    topk_accuracy,
+)
 from turbo_ds.tasks.registry import register_task
 
 EVAL_MODES = ("full", "chunked", "draws", "offsets")
@@ -161,12 +167,6 @@ def start_learned_tables_at_sincos(encoder) -> None:
     d = encoder.cfg.embed_dim
     encoder.pos_embed_spatial.copy_(sincos_2d(d, h, w)[None])
     encoder.pos_embed_temporal.copy_(sincos_1d(d, torch.arange(t))[None])
-
-
-def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
-    """(B * V, K) logits -> (B, K) log of the softmax averaged over the V views of each sample."""
-    probs = logits.float().softmax(dim=-1).view(-1, views, logits.shape[-1]).mean(dim=1)
-    return probs.clamp_min(1e-12).log()
 
 
 class ModeEvaluator(MeanEvaluator):
@@ -312,9 +312,7 @@ class LongVideoTask(Task):
             out = self.model(video)
             logits = out.logits.float()
             extras["tokens_per_clip"] = tokens_per_clip(out)
-            if out.mae_loss is not None and self.mae_weight > 0:
-                losses["mae_loss"] = self.mae_weight * out.mae_loss.float()
-                metrics["mae_loss_unweighted"] = out.mae_loss.detach().float()
+            add_mae_loss(losses, metrics, out, self.mae_weight)
         else:
             mode = batch.get("eval_mode") or ("offsets" if video.ndim == 6 else "full")
             logits = self.eval_logits(video, mode)

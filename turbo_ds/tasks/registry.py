@@ -15,7 +15,7 @@ BUILTIN_MODULES = (
     "turbo_ds.tasks.classification",
     "turbo_ds.tasks.video_text",
     "turbo_ds.tasks.long_video",
-    "turbo_ds.tasks.long_video_features",
+    "turbo_ds.tasks.long_video_two_stage",
 )
 
 

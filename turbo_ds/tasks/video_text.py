@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from turbo_ds.config import TrainConfig
+from turbo_ds.losses.contrastive import info_nce, mil_nce, milnce_miech
+from turbo_ds.metrics.alignment import alignment_chance_r1, alignment_metrics
+from turbo_ds.metrics.retrieval import retrieval_metrics
 from turbo_ds.models import TurboModel
 from turbo_ds.tasks.base import Comm, DataSpec, EvalSpec, Task, TaskOutput, option_error
-from turbo_ds.tasks.classification import tokens_per_clip
-from turbo_ds.tasks.contrastive import info_nce, mil_nce, milnce_miech
+from turbo_ds.tasks.common import add_mae_loss, tokens_per_clip
 from turbo_ds.tasks.registry import register_task
-from turbo_ds.tasks.retrieval_metrics import alignment_chance_r1, alignment_metrics, retrieval_metrics
 
 LOSSES = ("infonce", "milnce", "milnce_miech")
 
@@ -372,9 +373,7 @@ class VideoTextTask(Task):
                 nce = info_nce(video_emb, text_emb[:, 0], scale, gather=gather)
         losses = {"nce_loss": nce["loss"]}
         metrics.update(v2t_acc=nce["v2t_acc"], t2v_acc=nce["t2v_acc"])
-        if out.mae_loss is not None and self.mae_weight > 0:
-            losses["mae_loss"] = self.mae_weight * out.mae_loss.float()
-            metrics["mae_loss_unweighted"] = out.mae_loss.detach().float()
+        add_mae_loss(losses, metrics, out, self.mae_weight)
         return TaskOutput(
             loss=sum(losses.values()),
             losses=losses,

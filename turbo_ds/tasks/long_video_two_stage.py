@@ -19,14 +19,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from turbo_ds.config import TrainConfig
-from turbo_ds.models.layers import Block
-from turbo_ds.models.pos_embed import resize_temporal
+from turbo_ds.models.temporal_head import TemporalHead
 from turbo_ds.models.vit import VideoViT
 from turbo_ds.tasks.base import DataSpec, EvalSpec, MeanEvaluator, Task, TaskOutput, option_error
-from turbo_ds.tasks.classification import num_classes_in_index, topk_accuracy
+from turbo_ds.tasks.common import num_classes_in_index, topk_accuracy
 from turbo_ds.tasks.registry import register_task
 
 
@@ -68,26 +66,6 @@ class TwoStageOptions:
             raise option_error("head_heads", self.head_heads, f"must divide head_dim {self.head_dim}")
 
 
-class TemporalHead(nn.Module):
-    """(B, K, F) clip features -> (B, num_classes): linear to ``dim`` + learned temporal positions
-    (resized when K differs from ``num_clips``), ``depth`` Transformer blocks, mean pool, norm, linear."""
-
-    def __init__(self, in_dim: int, num_clips: int, num_classes: int, dim: int, depth: int, heads: int):
-        super().__init__()
-        self.proj = nn.Linear(in_dim, dim)
-        self.pos = nn.Parameter(torch.zeros(1, num_clips, dim))
-        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.fc = nn.Linear(dim, num_classes)
-        nn.init.trunc_normal_(self.pos, std=0.02)
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        x = self.proj(feats) + resize_temporal(self.pos, feats.shape[1])
-        for block in self.blocks:
-            x = block(x)
-        return self.fc(self.norm(x.mean(dim=1)))
-
-
 def clips_of(video: torch.Tensor, clip_frames: int) -> torch.Tensor:
     """(B, C, T, H, W) -> (B * K, C, clip_frames, H, W): K = T / clip_frames consecutive clips."""
     b, c, t, h, w = video.shape
@@ -111,6 +89,8 @@ def frozen_encoder_config(cfg: TrainConfig, clip_frames: int) -> TrainConfig:
 @register_task("long_video_two_stage")
 class TwoStageLongVideoTask(Task):
     """Frozen :class:`VideoViT` clip encoder + trainable :class:`TemporalHead`."""
+
+    video_encoder_prefix = "encoder."  # the frozen clip encoder; the trained head is "head."
 
     Options = TwoStageOptions
     headline = ("top1", "loss")

@@ -1,0 +1,1 @@
+"""Training losses that gather across ranks (contrastive video-text losses)."""

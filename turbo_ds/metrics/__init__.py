@@ -1,0 +1,1 @@
+"""Evaluation metrics as pure numpy functions (no torch, no distributed code): retrieval, alignment."""
