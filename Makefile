@@ -3,9 +3,9 @@ PY     := .venv/bin/python
 PIP    := .venv/bin/pip
 STAMP  := .venv/.installed
 
-.PHONY: setup test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-train bench-vlp bench-frames bench-plan gpu-bundle gpu-check clean
+.PHONY: setup torchcodec test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-train bench-vlp bench-frames bench-plan gpu-bundle gpu-check clean
 
-setup: $(STAMP)
+setup: $(STAMP) torchcodec
 
 # torch/torchvision first and pinned: they lie on this machine's disk; letting the resolver pick
 # them alongside deepspeed could pull a multi-GB build from the registry.
@@ -15,6 +15,15 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PIP) install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The torchcodec decoder, where the machine's FFmpeg shared libraries are (it loads them; without them
+# it cannot import): checked on every make, so installing FFmpeg later is picked up.
+torchcodec: $(STAMP)
+	@if ! (ldconfig -p 2>/dev/null || /sbin/ldconfig -p) | grep libavcodec >/dev/null; then \
+	    echo "make setup: no FFmpeg shared libraries (libavcodec) here: torchcodec not installed (apt-get install ffmpeg, then make setup)"; \
+	elif ! $(PY) -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torchcodec") is None)'; then \
+	    $(PIP) install --quiet -e '.[torchcodec]'; \
+	fi
 
 test: setup
 	$(PY) -m pytest -q tests

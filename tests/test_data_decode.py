@@ -251,7 +251,11 @@ def test_explicit_backend_that_cannot_decode_is_one_config_error(monkeypatch):
         resolve("torchcodec")
     msg = str(ei.value)
     assert "\n" not in msg and msg.startswith("data.backend=torchcodec: torchcodec cannot decode here")
-    for needed in ("apt-get install ffmpeg", "FFmpeg 4-8", f"torch {'.'.join(torch.__version__.split('.')[:2])}"):
+    for needed in (
+        "apt-get install ffmpeg",
+        "FFmpeg 4-8",
+        f"torch {'.'.join(torch.__version__.split('.')[:2])}",
+    ):
         assert needed in msg, msg
     with pytest.raises(ConfigError, match="choose from auto, torchcodec, decord, pyav"):
         resolve("opencv")

@@ -230,7 +230,12 @@ class DataConfig:
             self.backend,
             "must be auto, torchcodec, decord or pyav",
         )
-        _check(self.decode_device in ("cpu", "cuda"), "data.decode_device", self.decode_device, "must be cpu or cuda")
+        _check(
+            self.decode_device in ("cpu", "cuda"),
+            "data.decode_device",
+            self.decode_device,
+            "must be cpu or cuda",
+        )
         if self.decode_device == "cuda":
             _check(
                 self.num_workers == 0,

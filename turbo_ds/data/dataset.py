@@ -185,7 +185,12 @@ class VideoDataset(Dataset):
                 size = (w, h)
         all_idx = np.concatenate(clips)
         frames, _ = decode_frames(
-            row["abs_path"], all_idx, backend=self.backend, num_frames=num_frames, size=size, device=self.decode_device
+            row["abs_path"],
+            all_idx,
+            backend=self.backend,
+            num_frames=num_frames,
+            size=size,
+            device=self.decode_device,
         )
         views = []
         offset = 0

@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-import numpy as np
-
 from turbo_ds.data.backends.choice import BACKENDS, resolve
 from turbo_ds.data.backends.common import DecodeError, check_file
 from turbo_ds.data.backends.decord_decoder import decode_decord
@@ -23,7 +21,15 @@ from turbo_ds.data.backends.pyav_decoder import _safe_decode, decode_pyav
 from turbo_ds.data.backends.torchcodec_decoder import decode_torchcodec
 from turbo_ds.data.ffmpeg_log import FfmpegLog
 
-__all__ = ["BACKENDS", "DecodeError", "VideoMeta", "check_file", "decode_frames", "probe_video", "scaled_size"]
+__all__ = [
+    "BACKENDS",
+    "DecodeError",
+    "VideoMeta",
+    "check_file",
+    "decode_frames",
+    "probe_video",
+    "scaled_size",
+]
 
 DECODERS = {"torchcodec": decode_torchcodec, "decord": decode_decord, "pyav": decode_pyav}
 # Videos a fast backend failed on and PyAV then decoded, learnt per process (bounded) so that later

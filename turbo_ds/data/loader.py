@@ -10,7 +10,6 @@ import weakref
 from torch.utils.data import DataLoader
 
 from turbo_ds.config import ConfigError
-
 from turbo_ds.data.backends.choice import resolve
 from turbo_ds.data.dataset import TextTransform, VideoDataset, collate_samples
 from turbo_ds.data.errors import FailureLog

@@ -150,7 +150,9 @@ def _resolve_cuda(requested: str) -> Choice:
     import torch
 
     if requested not in ("auto", "torchcodec"):
-        raise ConfigError(f"data.decode_device=cuda decodes with torchcodec: set data.backend to auto or torchcodec, not {requested}")
+        raise ConfigError(
+            f"data.decode_device=cuda decodes with torchcodec: set data.backend to auto or torchcodec, not {requested}"
+        )
     if not torch.cuda.is_available():
         raise ConfigError("data.decode_device=cuda: torch sees no CUDA GPU here; use data.decode_device: cpu")
     device = f"cuda:{torch.cuda.current_device()}"
