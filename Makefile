@@ -52,7 +52,9 @@ bench-data: setup
 	$(PY) scripts/bench_data.py --workers 2 --json docs/bench_data.json
 
 # A lent GPU machine has its own torch and nothing of ours: scripts/gpu_check.sh needs torch alone, plus
-# PyYAML for reading configs (step d). gpu-bundle puts PyYAML's pure-Python part (same version as .venv's;
+# PyYAML for reading configs (step d). No torchcodec wheel is bundled: they match one torch minor version
+# (ours 0.14 for 2.14, that machine's torch is 2.11) and need FFmpeg's shared libraries, which it lacks;
+# its decode step (f) then records why it was skipped. gpu-bundle puts PyYAML's pure-Python part (same version as .venv's;
 # its C extension removed, so it works on any Python 3) into the ignored .gpu_deps/, which the device
 # run carries: run(command="bash scripts/gpu_check.sh", carry=[".gpu_deps"], timeout_s=540).
 gpu-bundle: setup

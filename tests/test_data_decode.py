@@ -123,6 +123,20 @@ def test_pyav_dense_frames_decode_in_one_pass_with_the_same_result(cases, case, 
         assert np.array_equal(auto, ref[idx])
 
 
+@pytest.mark.parametrize("case", ["bframes", "vfr", "vfr_mkv"])
+def test_pyav_scans_only_up_to_the_wanted_frames(cases, case, monkeypatch):
+    path, ref = cases[case]
+    monkeypatch.setattr(pyav_decoder, "SCAN_MARGIN", 3)  # > the 2 B-frames these videos reorder
+    scanned = []
+    real = pyav_decoder.frame_table
+    monkeypatch.setattr(pyav_decoder, "frame_table", lambda *a: (r := real(*a), scanned.append(len(r[0])))[0])
+    idx = [2, 9, 5, 9, 0]
+    out = pyav_decoder.decode_pyav(path, idx, len(ref))
+    assert scanned == [9 + 1 + 3] and np.array_equal(out, ref[idx])
+    out = pyav_decoder.decode_pyav(path, [23, 22], None)  # count unknown: every packet
+    assert scanned[-1] == len(ref) and np.array_equal(out, ref[[23, 22]])
+
+
 def test_density_rule():
     keyframes = np.arange(0, 100, 10)
     assert is_dense(np.arange(0, 100, 5), keyframes)  # 2 wanted frames per keyframe interval

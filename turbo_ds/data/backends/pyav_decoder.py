@@ -3,7 +3,8 @@ for files the fast backends fail on and the reference the others are tested agai
 
 Frame i is the i-th frame in presentation order. One demux pass (packets only, nothing decoded) lists
 every frame's pts and where the keyframes are; frames are then found by pts, never by pts / fps (wrong
-on variable frame rate). Sparse frames: a seek to each wanted frame's keyframe when it lies past the
+on variable frame rate). The pass stops :data:`SCAN_MARGIN` packets past the last wanted frame when
+the caller knows the frame count, so a short clip near the start of a long video reads little of it. Sparse frames: a seek to each wanted frame's keyframe when it lies past the
 current one. Dense frames (more wanted frames than keyframes over their span, e.g. uniform sampling
 of hundreds of frames): one sequential pass. Only wanted frames are converted (and resized, in swscale).
 """
@@ -30,15 +31,22 @@ def _safe_decode(container, stream):
         yield frame
 
 
+# Packets demuxed past the last wanted frame before the frame order counts as settled: decoders reorder
+# frames by at most 16 (H.264/HEVC's limit), so the first frames' order is final well before 64 more.
+SCAN_MARGIN = 64
+
+
 def _pts(obj) -> int | None:
     return obj.pts if obj.pts is not None else obj.dts
 
 
-def frame_table(container, stream) -> tuple[np.ndarray, np.ndarray]:
-    """(pts of every frame, in presentation order; frame numbers of the keyframes), from the packets."""
+def frame_table(container, stream, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(pts of the frames, in presentation order; frame numbers of the keyframes; whether every packet
+    was read), from the first ``limit`` packets (None: all)."""
     import av
 
     pts, key = [], []
+    complete = True
     try:
         for packet in container.demux(stream):
             p = _pts(packet)
@@ -46,12 +54,15 @@ def frame_table(container, stream) -> tuple[np.ndarray, np.ndarray]:
                 continue
             pts.append(p)
             key.append(packet.is_keyframe)
+            if limit is not None and len(pts) >= limit:
+                complete = False
+                break
     except av.error.FFmpegError:
         pass  # truncated: what demuxes
     pts_arr = np.asarray(pts, dtype=np.int64)
     order = np.argsort(pts_arr, kind="stable")
     keyframes = np.flatnonzero(np.asarray(key, dtype=bool)[order]) if key else np.zeros(0, np.int64)
-    return pts_arr[order], keyframes
+    return pts_arr[order], keyframes, complete
 
 
 def _runs(wanted: np.ndarray, keyframes: np.ndarray, sequential: bool) -> list[tuple[int, np.ndarray]]:
@@ -86,11 +97,13 @@ def decode_pyav(
         if not container.streams.video:
             raise DecodeError(path, "no-video-stream")
         stream = container.streams.video[0]
-        pts, keyframes = frame_table(container, stream)
-        n = len(pts) if num_frames is None else min(len(pts), int(num_frames))
+        limit = None if not num_frames else int(clamp(indices, int(num_frames)).max()) + 1 + SCAN_MARGIN
+        pts, keyframes, complete = frame_table(container, stream, limit)
+        n = len(pts) if complete else int(num_frames)  # cut short only when num_frames is known
+        n = min(n, int(num_frames)) if num_frames else n
         if n <= 0:
             raise DecodeError(path, "no-frames")
-        idx = clamp(indices, n)
+        idx = clamp(indices, min(n, len(pts)))
         wanted = np.unique(idx)
         if sequential is None:
             sequential = is_dense(wanted, keyframes)
