@@ -129,8 +129,10 @@ def decode_frames(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown decoder backend {backend!r}; choose from {BACKENDS}")
+    if device != "cpu" and backend not in ("auto", "torchcodec"):
+        raise ValueError(f"decoding on {device} is torchcodec's: backend {backend!r} decodes on the CPU")
     if backend == "auto":
-        backend, fallback = resolve("auto").backend, True
+        backend, fallback = resolve("auto", "cpu" if device == "cpu" else "cuda").backend, True
     log = FfmpegLog()
     try:
         with log:
