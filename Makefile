@@ -3,9 +3,9 @@ PY     := .venv/bin/python
 PIP    := .venv/bin/pip
 STAMP  := .venv/.installed
 
-.PHONY: setup test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-data-web bench-train bench-vlp bench-frames bench-plan bench-align gpu-bundle gpu-check clean
+.PHONY: setup torchcodec test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-data-web bench-train bench-vlp bench-frames bench-plan bench-align gpu-bundle gpu-check clean
 
-setup: $(STAMP)
+setup: $(STAMP) torchcodec
 
 # torch/torchvision first and pinned: they lie on this machine's disk; letting the resolver pick
 # them alongside deepspeed could pull a multi-GB build from the registry.
@@ -15,6 +15,15 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PIP) install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The torchcodec decoder, where the machine's FFmpeg shared libraries are (it loads them; without them
+# it cannot import): checked on every make, so installing FFmpeg later is picked up.
+torchcodec: $(STAMP)
+	@if ! (ldconfig -p 2>/dev/null || /sbin/ldconfig -p) | grep libavcodec >/dev/null; then \
+	    echo "make setup: no FFmpeg shared libraries (libavcodec) here: torchcodec not installed (apt-get install ffmpeg, then make setup)"; \
+	elif ! $(PY) -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torchcodec") is None)'; then \
+	    $(PIP) install --quiet -e '.[torchcodec]'; \
+	fi
 
 test: setup
 	$(PY) -m pytest -q tests
@@ -51,7 +60,9 @@ bench-data-web: setup
 	$(PY) scripts/bench_data.py --suite web --workers 2 --json docs/bench_data_web.json
 
 # A lent GPU machine has its own torch and nothing of ours: scripts/gpu_check.sh needs torch alone, plus
-# PyYAML for reading configs (step d). gpu-bundle puts PyYAML's pure-Python part (same version as .venv's;
+# PyYAML for reading configs (step d). No torchcodec wheel is bundled: they match one torch minor version
+# (ours 0.14 for 2.14, that machine's torch is 2.11) and need FFmpeg's shared libraries, which it lacks;
+# its decode step (f) then records why it was skipped. gpu-bundle puts PyYAML's pure-Python part (same version as .venv's;
 # its C extension removed, so it works on any Python 3) into the ignored .gpu_deps/, which the device
 # run carries: run(command="bash scripts/gpu_check.sh", carry=[".gpu_deps"], timeout_s=540).
 gpu-bundle: setup

@@ -26,6 +26,11 @@ DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
 def test_defaults_are_valid():
     cfg = config_from_dict({})
     assert isinstance(cfg, TrainConfig) and cfg.optim.lr > 0
+    assert (cfg.data.backend, cfg.data.decode_device) == ("auto", "cpu")
+    for backend in ("auto", "torchcodec", "decord", "pyav"):
+        assert config_from_dict({"data": {"backend": backend}}).data.backend == backend
+    cuda = config_from_dict({"data": {"decode_device": "cuda", "backend": "torchcodec", "num_workers": 0}})
+    assert cuda.data.decode_device == "cuda"  # whether this machine has CUDA is checked at loader build
 
 
 def test_unknown_key_is_an_error_naming_it():
@@ -44,6 +49,10 @@ def test_unknown_key_is_an_error_naming_it():
         ({"model": {"activation_checkpointing": "yes"}}, "model.activation_checkpointing", "'yes'"),
         ({"train": {"max_steps": 0}}, "train.max_steps", "0"),
         ({"data": {"test_crops": 2}}, "data.test_crops", "2"),
+        ({"data": {"backend": "opencv"}}, "data.backend", "'opencv'"),
+        ({"data": {"decode_device": "gpu"}}, "data.decode_device", "'gpu'"),
+        ({"data": {"decode_device": "cuda", "num_workers": 2}}, "data.num_workers", "2"),
+        ({"data": {"decode_device": "cuda", "backend": "decord"}}, "data.backend", "'decord'"),
         ({"tracking": {"enabled": "true"}}, "tracking.enabled", "'true'"),
         (
             {"token_dropout": {"final_dense_steps": 50}, "train": {"max_steps": 10}},

@@ -6,14 +6,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from video_utils import BACKENDS, tiny_demo  # noqa: F401
+from video_utils import BACKEND_PARAMS, BACKENDS, tiny_demo  # noqa: F401
 
 from data_index.demo import generate_demo
+from turbo_ds.config import ConfigError
 from turbo_ds.data import ShardedSampler, TooManyFailuresError, build_dataloader, write_index
+from turbo_ds.data.backends.choice import resolve
 from turbo_ds.data.schema import VideoIndex
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_action_items(tiny_demo, backend):  # noqa: F811
     dl = build_dataloader(
         tiny_demo / "actions.parquet",
@@ -25,6 +27,7 @@ def test_action_items(tiny_demo, backend):  # noqa: F811
         num_workers=0,
         backend=backend,
     )
+    assert dl.dataset.backend == dl.decoder.backend == backend  # workers get the name, never probe
     batch = next(iter(dl))
     assert batch["video"].shape == (4, 3, 8, 32, 32) and batch["video"].dtype == torch.float32
     assert batch["label"].dtype == torch.long and set(batch["label"].tolist()) <= {0, 1, 2, 3}
@@ -52,7 +55,20 @@ def test_backends_give_same_eval_clips(tiny_demo):  # noqa: F811
             backend=backend,
         )
         clips[backend] = next(iter(dl))["video"]
-    assert (clips["decord"] - clips["pyav"]).abs().mean() < 0.05
+    for backend in BACKENDS:
+        assert (clips[backend] - clips["pyav"]).abs().mean() < 0.05, backend
+
+
+def test_auto_backend_resolved_once_at_build(tiny_demo):  # noqa: F811
+    dl = build_dataloader(tiny_demo / "actions.parquet", split="val", train=False, num_workers=0)
+    assert dl.decoder == resolve("auto") and dl.dataset.backend == BACKENDS[0]
+    assert dl.decoder.line().startswith(f"data: decoder backend {BACKENDS[0]} (auto: ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_decoding_is_refused_before_training_without_a_gpu(tiny_demo):  # noqa: F811
+    with pytest.raises(ConfigError, match="decode_device=cuda: torch sees no CUDA GPU"):
+        build_dataloader(tiny_demo / "actions.parquet", split="val", decode_device="cuda", num_workers=0)
 
 
 def test_caption_and_long_items(tiny_demo):  # noqa: F811

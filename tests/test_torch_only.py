@@ -191,7 +191,7 @@ def test_gpu_check_sh_without_gpu(tmp_path):
     summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
     assert [(s["step"], s["status"]) for s in summary["steps"]] == [
         ("env", "ok"), ("bench_model", "skipped"), ("bench_frames", "skipped"), ("plan", "skipped"),
-        ("train", "skipped"),
+        ("train", "skipped"), ("decode", "skipped"),
     ]  # fmt: skip
     env_facts = json.loads((tmp_path / "ok" / "env.json").read_text())
     assert env_facts["cuda_available"] is False and env_facts["torch"]
@@ -208,7 +208,7 @@ def test_gpu_check_sh_without_gpu(tmp_path):
     assert proc.returncode == 1
     summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
     assert summary["failed"] == 1 and summary["steps"][0]["status"] == "failed"
-    assert [s["status"] for s in summary["steps"][1:]] == ["skipped"] * 4
+    assert [s["status"] for s in summary["steps"][1:]] == ["skipped"] * 5
 
 
 def test_config_needs_only_the_standard_library():

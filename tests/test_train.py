@@ -162,6 +162,7 @@ def test_mlflow_run_has_params_metrics_artifacts(run_a):
     assert p["optim.lr"] == "0.003" and p["token_dropout.drop_ratio"] == "0.5" and p["world_size"] == "2"
     assert p["ds.zero_optimization.stage"] == "2" and p["ds.train_batch_size"] == "4"
     assert "version.torch" in p and "version.deepspeed" in p and "git_commit" in p
+    assert p["data.backend"] == "auto" and p["data.backend_resolved"] in ("torchcodec", "decord", "pyav")
     for key in (
         "train/loss",
         "train/cls_loss",
@@ -215,6 +216,7 @@ def test_single_process_python_zero3(demo_data, tmp_path):
     )
     assert "ZeRO stage 3" in proc.stdout and "mlflow ui --host 127.0.0.1 --backend-store-uri" in proc.stdout
     assert "[turbo_ds] data: no video failed to decode" in proc.stdout
+    assert proc.stdout.count("[turbo_ds] data: decoder backend ") == 1  # auto's choice, logged once
     (s,) = summaries(out, 1)
     assert s["steps"] == [1, 2, 3] and all(math.isfinite(v) for v in s["train_loss"])
     assert (out / "checkpoints" / "latest").read_text() == "global_step3"

@@ -195,7 +195,11 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])
     """Training random-resized-crop area range (fraction of the frame)."""
     backend: str = "auto"
-    """Video decoder: decord (PyAV fallback), pyav or auto."""
+    """Video decoder: auto (the fastest that decodes here, logged), torchcodec, decord or pyav; a video
+    a fast backend fails on is decoded by PyAV (docs/decoding.md)."""
+    decode_device: str = "cpu"
+    """Where videos decode: cpu, or cuda (torchcodec's GPU decoder, transforms on the GPU too; needs
+    num_workers: 0, since DataLoader workers cannot use CUDA; a machine without CUDA is an error)."""
     max_failures: int = 100
     """Broken videos tolerated before the run stops."""
 
@@ -221,11 +225,30 @@ class DataConfig:
             "must be [min, max] with 0 < min <= max <= 1",
         )
         _check(
-            self.backend in ("decord", "pyav", "auto"),
+            self.backend in ("auto", "torchcodec", "decord", "pyav"),
             "data.backend",
             self.backend,
-            "must be decord, pyav or auto",
+            "must be auto, torchcodec, decord or pyav",
         )
+        _check(
+            self.decode_device in ("cpu", "cuda"),
+            "data.decode_device",
+            self.decode_device,
+            "must be cpu or cuda",
+        )
+        if self.decode_device == "cuda":
+            _check(
+                self.num_workers == 0,
+                "data.num_workers",
+                self.num_workers,
+                "must be 0 with decode_device: cuda (CUDA cannot be used in DataLoader workers)",
+            )
+            _check(
+                self.backend in ("auto", "torchcodec"),
+                "data.backend",
+                self.backend,
+                "must be auto or torchcodec with decode_device: cuda (torchcodec decodes on the GPU)",
+            )
         _check(self.max_failures >= 0, "data.max_failures", self.max_failures, "must be >= 0")
 
 

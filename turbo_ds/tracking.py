@@ -48,7 +48,17 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {}
-    for name in ("torch", "deepspeed", "mlflow", "turbo_ds", "numpy", "pyarrow"):
+    for name in (
+        "torch",
+        "deepspeed",
+        "mlflow",
+        "turbo_ds",
+        "numpy",
+        "pyarrow",
+        "torchcodec",
+        "decord",
+        "av",
+    ):
         try:
             out[f"version.{name}"] = md.version(name)
         except md.PackageNotFoundError:

@@ -114,6 +114,7 @@ def build_loader(cfg: TrainConfig, spec, split: str, rank: int, world_size: int,
         world_size=world_size,
         seed=cfg.seed,
         backend=d.backend,
+        decode_device=d.decode_device,
         max_failures=d.max_failures,
         failure_log_dir=output_dir / "data_failures",
         pin_memory=torch.cuda.is_available(),
@@ -246,6 +247,7 @@ class Trainer:
         self.train_loader = build_loader(
             cfg, self.task.train_data(), cfg.data.train_split, rank, world, self.out_dir
         )
+        self.decoder = self.train_loader.decoder  # resolved once per process; eval loaders reuse it
         self.eval_specs = self.task.eval_specs()
         self._drop_ratio: float | None = None  # the token dropout ratio last set on the task
         self._eval_loaders: dict[int, Any] = {}
@@ -286,6 +288,7 @@ class Trainer:
         self.tracker.set_tags(
             {**t.tags, "turbo_ds.task": cfg.task.name, "turbo_ds.headline": ",".join(self.headline_metrics())}
         )
+        self.log(self.decoder.line())
         if self.is_rank_0 and self.step == 0:
             self._log_params()
         elif self.step > 0:
@@ -308,6 +311,7 @@ class Trainer:
         params.update(library_versions())
         params.update({"world_size": self.world_size, "git_commit": git_commit()})
         params.update(self.task.tracking_params())
+        params["data.backend_resolved"] = self.decoder.backend
         params["num_parameters"] = sum(p.numel() for p in self.task.parameters())
         params["num_trainable_parameters"] = sum(p.numel() for p in self.task.parameters() if p.requires_grad)
         self.tracker.log_params(params)

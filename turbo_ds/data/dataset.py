@@ -89,7 +89,8 @@ class VideoDataset(Dataset):
         *,
         train: bool = True,
         seed: int = 0,
-        backend: str = "decord",
+        backend: str = "auto",
+        decode_device: str = "cpu",
         decode_resize: bool = True,
         with_text: bool | None = None,
         with_segments: bool | None = None,
@@ -119,6 +120,7 @@ class VideoDataset(Dataset):
         self.train = train
         self.seed = int(seed)
         self.backend = backend
+        self.decode_device = decode_device
         self.decode_resize = decode_resize
         self.with_text = frame_sampler.kind == "caption" if with_text is None else with_text
         self.with_segments = frame_sampler.kind == "uniform" if with_segments is None else with_segments
@@ -211,7 +213,12 @@ class VideoDataset(Dataset):
             if w < row["width"]:
                 size = (w, h)
         frames, _ = decode_frames(
-            row["abs_path"], indices, backend=self.backend, num_frames=num_frames, size=size
+            row["abs_path"],
+            indices,
+            backend=self.backend,
+            num_frames=num_frames,
+            size=size,
+            device=self.decode_device,
         )
         return frames
 

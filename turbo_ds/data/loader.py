@@ -9,6 +9,8 @@ import weakref
 
 from torch.utils.data import DataLoader
 
+from turbo_ds.config import ConfigError
+from turbo_ds.data.backends.choice import resolve
 from turbo_ds.data.dataset import TextTransform, VideoDataset, collate_samples
 from turbo_ds.data.errors import FailureLog
 from turbo_ds.data.sampler import ShardedSampler
@@ -108,7 +110,8 @@ def build_dataloader(
     rank: int = 0,
     world_size: int = 1,
     seed: int = 0,
-    backend: str = "decord",
+    backend: str = "auto",
+    decode_device: str = "cpu",
     hflip: float = 0.0,
     scale: tuple[float, float] = (0.35, 1.0),
     max_failures: int | float = 0.05,
@@ -174,7 +177,11 @@ def build_dataloader(
             deterministic crops, every sample exactly once over all ranks).
         batch_size: per rank. num_workers: DataLoader workers (0 = in-process).
         rank, world_size: this process's share; ``seed``: shuffle and augmentation seed.
-        backend: "decord" (PyAV fallback on failure), "pyav", or "auto".
+        backend: "auto" (the fastest that decodes here, see ``backends/choice.py``), "torchcodec",
+            "decord" or "pyav"; a video the fast backend fails on is decoded by PyAV. The choice is
+            ``loader.decoder`` (a ``Choice``: backend, how it was chosen, ``line()`` to log).
+        decode_device: "cpu", or "cuda" (torchcodec's GPU decoder; transforms run there too; needs
+            ``num_workers=0``: CUDA cannot be used from DataLoader worker processes).
         max_failures: cap on distinct videos that fail to decode on this rank before
             ``TooManyFailuresError``: an int count, or a float in (0, 1) as a fraction of the split.
         failure_log_dir: where the per-rank ``decode_failures.rank{R}.jsonl`` goes (default: a temp dir);
@@ -198,6 +205,11 @@ def build_dataloader(
     Mid-epoch resume: save ``loader.state_dict()``, later ``load_state_dict(state)`` and
     ``set_epoch(state["epoch"])``; iteration yields exactly the samples not consumed yet.
     """
+    decoder = resolve(backend, decode_device)
+    if decode_device == "cuda" and num_workers > 0:
+        raise ConfigError(
+            f"data.decode_device=cuda decodes in the main process: set data.num_workers to 0 (got {num_workers})"
+        )
     index = VideoIndex(index_path, root=root, split=split)
     frame_sampler = FrameSampler(
         kind=sampler,
@@ -221,7 +233,8 @@ def build_dataloader(
         transform,
         train=train,
         seed=seed,
-        backend=backend,
+        backend=decoder.backend,
+        decode_device=decoder.device,
         decode_resize=decode_resize,
         with_text=with_text,
         with_segments=with_segments,
@@ -245,15 +258,17 @@ def build_dataloader(
     )
     if persistent_workers is None:
         persistent_workers = num_workers > 0
-    return ResumableDataLoader(
+    loader = ResumableDataLoader(
         dataset,
         batch_size=batch_size,
         sampler=shard,
         num_workers=num_workers,
         collate_fn=collate_samples,
-        pin_memory=pin_memory,
+        pin_memory=pin_memory and decode_device == "cpu",  # CUDA tensors cannot be pinned
         drop_last=drop_last,
         persistent_workers=persistent_workers and num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
     )
+    loader.decoder = decoder
+    return loader

@@ -14,15 +14,21 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def to_tchw(frames: np.ndarray) -> torch.Tensor:
-    """(T, H, W, C) uint8 numpy -> (T, C, H, W) uint8 tensor."""
+def to_tchw(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(T, H, W, C) uint8 numpy (or a tensor, e.g. decoded on a GPU) -> (T, C, H, W) uint8 tensor."""
+    if isinstance(frames, torch.Tensor):
+        return frames.permute(0, 3, 1, 2)
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
 
 
 def resize(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize every frame to (h, w), bilinear with antialias, staying uint8."""
+    """Resize every frame to (h, w), bilinear with antialias, staying uint8 (on a GPU computed in float:
+    torch's antialiased uint8 resize is a CPU kernel)."""
     if tuple(clip.shape[-2:]) == tuple(size):
         return clip
+    if clip.is_cuda and clip.dtype == torch.uint8:
+        out = F.interpolate(clip.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+        return out.round_().clamp_(0, 255).to(torch.uint8)
     return F.interpolate(clip, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
@@ -72,8 +78,8 @@ def random_resized_crop_params(
 def normalize(clip: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """uint8 (T, C, H, W) -> float32 (C, T, H, W), (x/255 - mean) / std."""
     x = clip.permute(1, 0, 2, 3).to(torch.float32).div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1, 1)
     return x.sub_(m).div_(s)
 
 
