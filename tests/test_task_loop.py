@@ -203,6 +203,7 @@ def test_data_wait_is_measured_and_a_data_bound_run_is_told_what_to_change(
     advice = [line for line in capsys.readouterr().out.splitlines() if "waited" in line]
     assert len(advice) == 1, advice  # once per run
     assert "data.num_workers (now 0)" in advice[0] and "worker(s) per rank would remove the wait" in advice[0]
+    assert "data.backend (now auto: " in advice[0]  # and which backend auto chose
 
 
 def test_workers_needed():

@@ -602,7 +602,7 @@ class Trainer:
                 model_per_batch,
                 self.cfg.optim.micro_batch_size,
                 d.num_workers,
-                d.backend,
+                d.backend if d.backend == self.decoder.backend else f"{d.backend}: {self.decoder.backend}",
             )
             self.log(line)
         return rec
