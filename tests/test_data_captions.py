@@ -420,9 +420,8 @@ def test_group_by_video_keeps_a_videos_clips_in_one_global_batch(cap_index):
 
 
 def _batches(dl, grouped: bool, epochs=(0,)):
-    """Every batch of ``epochs``, with the dataset's batch fetch (``__getitems__``) on or off."""
-    if not grouped:
-        dl.dataset.__getitems__ = None  # the DataLoader then asks for the items one by one
+    """Every batch of ``epochs`` of a loader built with ``decode_once=grouped``."""
+    assert dl.dataset.decode_once == grouped
     out = []
     for epoch in epochs:
         dl.set_epoch(epoch)
@@ -459,7 +458,7 @@ def test_a_batch_decodes_each_video_once_and_gives_the_same_items(cap_index, mon
     kw = dict(split="train" if train else "test", train=train, **_kw(batch_size=4, stride=2))
     if train:
         kw.update(samples_per_video=4, group_by_video=True, jitter_s=0.5)
-    per_item = _batches(build_dataloader(index, **kw), grouped=False, epochs=(0, 1))
+    per_item = _batches(build_dataloader(index, decode_once=False, **kw), grouped=False, epochs=(0, 1))
     n_items = len(calls)
     calls.clear()
     grouped = _batches(build_dataloader(index, **kw), grouped=True, epochs=(0, 1))
@@ -483,6 +482,7 @@ def test_a_broken_video_in_a_grouped_batch_is_logged_as_one_by_one(cap_index, tm
             root=broken,
             split="test",
             train=False,
+            decode_once=grouped,
             max_failures=1,
             failure_log_dir=tmp_path / f"log_{grouped}",
             **_kw(batch_size=4, stride=2),

@@ -200,6 +200,9 @@ class DataConfig:
     decode_device: str = "cpu"
     """Where videos decode: cpu, or cuda (torchcodec's GPU decoder, transforms on the GPU too; needs
     num_workers: 0, since DataLoader workers cannot use CUDA; a machine without CUDA is an error)."""
+    decode_once: bool = True
+    """Decode a batch's clips of one video in one call (one open, the union of their frames in one sorted
+    pass: group_by_video training, caption evaluation); false decodes clip by clip, the same clips."""
     max_failures: int = 100
     """Broken videos tolerated before the run stops."""
 

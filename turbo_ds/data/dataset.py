@@ -91,6 +91,7 @@ class VideoDataset(Dataset):
         seed: int = 0,
         backend: str = "auto",
         decode_device: str = "cpu",
+        decode_once: bool = True,
         decode_resize: bool = True,
         with_text: bool | None = None,
         with_segments: bool | None = None,
@@ -121,6 +122,7 @@ class VideoDataset(Dataset):
         self.seed = int(seed)
         self.backend = backend
         self.decode_device = decode_device
+        self.decode_once = bool(decode_once)
         self.decode_resize = decode_resize
         self.with_text = frame_sampler.kind == "caption" if with_text is None else with_text
         self.with_segments = frame_sampler.kind == "uniform" if with_segments is None else with_segments
@@ -373,7 +375,7 @@ class VideoDataset(Dataset):
         of one video (``group_by_video``; caption evaluation, in order) are decoded together: the video
         opened once and the union of their frames decoded in one sorted pass. Every item is the one
         ``__getitem__`` gives; a video that fails is logged once and its items replaced as there."""
-        if self.frame_sampler.kind != "caption":
+        if self.frame_sampler.kind != "caption" or not self.decode_once:
             return [self[key] for key in keys]
         by_video: dict[int, list[int]] = {}
         for i, key in enumerate(keys):

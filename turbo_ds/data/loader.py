@@ -112,6 +112,7 @@ def build_dataloader(
     seed: int = 0,
     backend: str = "auto",
     decode_device: str = "cpu",
+    decode_once: bool = True,
     hflip: float = 0.0,
     scale: tuple[float, float] = (0.35, 1.0),
     max_failures: int | float = 0.05,
@@ -182,6 +183,8 @@ def build_dataloader(
             ``loader.decoder`` (a ``Choice``: backend, how it was chosen, ``line()`` to log).
         decode_device: "cpu", or "cuda" (torchcodec's GPU decoder; transforms run there too; needs
             ``num_workers=0``: CUDA cannot be used from DataLoader worker processes).
+        decode_once: a batch's caption items of one video are decoded in one call (the union of
+            their frames, one open); False: item by item. The items are the same either way.
         max_failures: cap on distinct videos that fail to decode on this rank before
             ``TooManyFailuresError``: an int count, or a float in (0, 1) as a fraction of the split.
         failure_log_dir: where the per-rank ``decode_failures.rank{R}.jsonl`` goes (default: a temp dir);
@@ -235,6 +238,7 @@ def build_dataloader(
         seed=seed,
         backend=decoder.backend,
         decode_device=decoder.device,
+        decode_once=decode_once,
         decode_resize=decode_resize,
         with_text=with_text,
         with_segments=with_segments,
