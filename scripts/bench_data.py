@@ -170,7 +170,9 @@ def with_captions(index: Path, every_s: float = 4.0, length_s: float = 3.0) -> P
 
 
 def caption_loader(index, args, backend, grouped: bool):
-    """Video-text training clips: 16 frames every 4 around random captions, 4 clips per video."""
+    """Video-text training clips: 16 frames every 4 around random captions, 4 clips per video in one
+    batch (group_by_video); ``grouped``: decoded in one call per video (data.decode_once), else clip
+    by clip. The same clips either way."""
     return build_dataloader(
         index,
         split="train",
@@ -182,7 +184,8 @@ def caption_loader(index, args, backend, grouped: bool):
         num_workers=args.workers,
         backend=backend,
         samples_per_video=4,
-        group_by_video=grouped,
+        group_by_video=True,
+        decode_once=grouped,
         seed=0,
     )
 
