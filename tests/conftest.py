@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_train import PY, ROOT, clean_env, launch, tiny_config, write_config
+from helpers import PY, ROOT, clean_env, launch, tiny_config, write_config
 
 
 @pytest.fixture(scope="session")

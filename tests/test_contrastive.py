@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import free_port
 from torch import nn
 
 from turbo_ds.losses.contrastive import all_gather_with_grad, info_nce, mil_nce, milnce_miech
@@ -22,12 +22,6 @@ WORLD, BATCH, K, D_IN, EMB = 2, 8, 3, 6, 5
 LOSSES = ("info_nce", "mil_nce", "milnce_miech")
 DTYPE = torch.float64
 TOL = 1e-10  # float64 differences are ~1e-15
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _setup():
@@ -102,7 +96,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("contrastive2")
     mp.start_processes(
-        _worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True, start_method="spawn"
+        _worker, args=(WORLD, free_port(), str(out)), nprocs=WORLD, join=True, start_method="spawn"
     )
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 

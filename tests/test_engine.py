@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import free_port, set_rank_env
 from torch import nn
 
 from turbo_ds.config import config_from_dict
@@ -88,27 +87,8 @@ def test_warmup_cosine_schedule():
     assert sched2.current_lr() == pytest.approx(1.0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 CONFIGS = ["zero0", "zero2", "zero3", "zero3_offload"]
 STEPS = 4
-
-
-def set_rank_env(rank: int, world: int, port: int) -> None:
-    """What a launcher gives rank ``rank`` of ``world`` on this machine (one thread each)."""
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -154,7 +134,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("engine2")
-    mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True, start_method="spawn")
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)], out
 
 

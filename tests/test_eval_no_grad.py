@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 import yaml
-from test_train import ROOT, tiny_config
+from helpers import ROOT, tiny_config
 
 from turbo_ds.tasks import Task
 from turbo_ds.tasks.registry import get_task_class, list_tasks

@@ -8,7 +8,7 @@ import fractions
 import subprocess
 
 import pytest
-from test_train import PY, ROOT, _free_port, clean_env
+from helpers import PY, ROOT, clean_env, free_port
 
 from turbo_ds.cli import EXIT_USAGE, is_usage_error, run_cli
 from turbo_ds.config import ConfigError
@@ -22,7 +22,7 @@ def run(args: list[str], nprocs: int = 1, timeout: int = 300) -> subprocess.Comp
     cmd = [PY, *args]
     if nprocs > 1:
         cmd = [PY, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nprocs)]
-        cmd += ["--master_port", str(_free_port()), *args]
+        cmd += ["--master_port", str(free_port()), *args]
     return subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=timeout)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train import STEPS, launch, summaries, write_config
+from helpers import STEPS, launch, summaries, write_config
 
 
 @pytest.fixture

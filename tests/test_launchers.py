@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import PY, ROOT, _free_port, clean_env, summaries, tiny_config, write_config
+from helpers import PY, ROOT, clean_env, free_port, summaries, tiny_config, write_config
 
 from turbo_ds.preemption import EXIT_PREEMPTED
 
@@ -118,7 +118,7 @@ def reference(demo_data, tmp_path_factory) -> Path:
     down; neither changes the numbers (items are a function of seed, epoch and index)."""
     work = tmp_path_factory.mktemp("ref")
     cfg = run_config(demo_data, work)
-    port = str(_free_port())
+    port = str(free_port())
     extra = ["--debug", "--set", "data.num_workers=1", "--set", "tracking.enabled=true"]
     (log,) = run_together(
         [
@@ -151,7 +151,7 @@ def test_deepspeed_no_ssh_one_invocation_per_node(reference, demo_data, tmp_path
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
     cfg = run_config(demo_data, tmp_path)
-    port = str(_free_port())
+    port = str(free_port())
     run_together(
         [
             [PY, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), "--no_ssh"]
@@ -173,7 +173,7 @@ def test_deepspeed_no_ssh_one_invocation_per_node(reference, demo_data, tmp_path
 @pytest.mark.slow
 def test_torchrun_one_invocation_per_node(reference, demo_data, tmp_path):
     cfg = run_config(demo_data, tmp_path)
-    port = str(_free_port())
+    port = str(free_port())
     run_together(
         [
             [PY, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node)]

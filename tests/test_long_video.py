@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_engine import _free_port, set_rank_env
-from test_train import launch, tiny_config, write_config
+from helpers import free_port, launch, set_rank_env, tiny_config, write_config
 
 from turbo_ds.config import ConfigError, config_from_dict
 from turbo_ds.data.sampling import FrameSampler, uniform_offset_indices, uniform_segment_indices
@@ -207,7 +206,7 @@ def test_two_stage_encoder_is_frozen_under_deepspeed(tmp_path):
     )
     mp.start_processes(
         _two_stage_worker,
-        args=(1, _free_port(), str(tmp_path), str(weights)),
+        args=(1, free_port(), str(tmp_path), str(weights)),
         nprocs=1,
         join=True,
         start_method="spawn",

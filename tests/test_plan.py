@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import tiny_config, write_config
+from helpers import tiny_config, write_config
 
 from turbo_ds.models.config import ViTConfig
 from turbo_ds.plan import DecoderShape, StateSetup, Workload, fit_report, parse_memory, plan

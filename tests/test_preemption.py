@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import PY, ROOT, STEPS, _free_port, clean_env, launch, summaries, tiny_config, write_config
+from helpers import PY, ROOT, STEPS, clean_env, free_port, launch, summaries, tiny_config, write_config
 
 from turbo_ds.config import ConfigError, load_config
 from turbo_ds.preemption import EXIT_PREEMPTED, StopRequest, signal_number
@@ -109,7 +109,7 @@ def test_signal_on_one_rank_stops_all_then_resume_is_exact(run_a, demo_data, tmp
 
     out = tmp_path / "out"
     cfg = write_config(tiny_config(demo_data, out), tmp_path / "cfg.yaml")
-    cmd = [PY, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(_free_port())]
+    cmd = [PY, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port())]
     proc = subprocess.Popen(
         [*cmd, *TRAIN, str(cfg)],
         cwd=ROOT,
@@ -226,7 +226,7 @@ def test_a_rank_whose_peer_stalls_exits_124_naming_it(demo_data, tmp_path):
     cfg = _short_config(
         demo_data, tmp_path, train={"stall_timeout_s": 5, "max_steps": 40}, checkpoint={"every_steps": 2}
     )
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in (0, 1):
         env = {

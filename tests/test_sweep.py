@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_SWEEP_GRID, sweep_config
-from test_train import LAUNCH_ENV_KEYS, ROOT, write_config
+from helpers import LAUNCH_ENV_KEYS, ROOT, write_config
 
 from turbo_ds.cli import run_cli
 from turbo_ds.config import ConfigError, load_config

@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from test_train import (
+from helpers import (
     launch,
     resume_copy,
     summaries,

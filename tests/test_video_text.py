@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from test_engine import _free_port, set_rank_env
+from helpers import free_port, set_rank_env
 
 from turbo_ds.config import ConfigError, config_from_dict
 from turbo_ds.tasks import build_task
@@ -261,7 +261,7 @@ def _zero_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 @pytest.mark.slow
 def test_frozen_text_tower_under_zero2_and_zero3(tmp_path):
     mp.start_processes(
-        _zero_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn"
+        _zero_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn"
     )
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     for stage in ("zero2", "zero3", "zero2_milnce_miech"):
@@ -407,7 +407,7 @@ def test_chunked_alignment_over_two_ranks_under_zero3(align_index, tmp_path):
     tower in each) and joined by the evaluator: the same sims as one forward per video."""
     mp.start_processes(
         _align_worker,
-        args=(2, _free_port(), str(align_index), str(tmp_path)),
+        args=(2, free_port(), str(align_index), str(tmp_path)),
         nprocs=2,
         join=True,
         start_method="spawn",
