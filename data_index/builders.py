@@ -30,6 +30,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -308,6 +309,7 @@ def build(
                 rows.append(row)
                 errors.extend(row_errors)
             work.write_chunk(k, rows, errors)
+            pa.default_memory_pool().release_unused()  # mimalloc keeps freed pages: RSS crept per chunk
             pending.discard(k)
             counts["chunks_done"] += 1
             work.save_progress(**counts)
@@ -324,6 +326,8 @@ def build(
                 rows_t, errors_t = work.read_chunk(k)
                 w.write(rows_t)
                 w.write_errors(errors_t)
+                del rows_t, errors_t
+                pa.default_memory_pool().release_unused()
     except BaseException:
         work.close()
         raise
