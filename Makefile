@@ -3,7 +3,7 @@ PY     := .venv/bin/python
 PIP    := .venv/bin/pip
 STAMP  := .venv/.installed
 
-.PHONY: setup test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-train bench-vlp bench-frames bench-plan gpu-bundle gpu-check clean
+.PHONY: setup test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-index bench-train bench-vlp bench-frames bench-plan gpu-bundle gpu-check clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ bench-plan: setup
 
 bench-data: setup
 	$(PY) scripts/bench_data.py --workers 2 --json docs/bench_data.json
+
+# Index build/open at 20k, 60k, 120k HowTo100M-shaped videos (inputs in a temp folder; --preset small: ~1 min)
+bench-index: setup
+	$(PY) scripts/bench_index.py --json docs/bench_index.json
 
 # A lent GPU machine has its own torch and nothing of ours: scripts/gpu_check.sh needs torch alone, plus
 # PyYAML for reading configs (step d). gpu-bundle puts PyYAML's pure-Python part (same version as .venv's;

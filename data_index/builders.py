@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -61,6 +62,18 @@ def _probe(args: tuple[str, bool]) -> tuple[dict | None, str | None, str]:
         return None, "unreadable", f"{type(e).__name__}: {e}"
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: a probe worker whose build was killed (SIGKILL, out of memory) exits too,
+    instead of waiting forever on the pool's queue (and holding what it inherited)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _workers(workers: int) -> int:
     return workers or min(8, os.cpu_count() or 1)
 
@@ -86,7 +99,7 @@ def probe_stream(jobs: Iterable[tuple[str, bool] | None], workers: int = 0) -> I
         yield from (None if job is None else _probe(job) for job in jobs)
         return
     window: deque[Future | None] = deque()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         for job in jobs:
             window.append(None if job is None else pool.submit(_probe, job))
             while len(window) > 32 * workers:
@@ -165,15 +178,17 @@ def default_work_dir(out: str | os.PathLike) -> Path:
 class WorkFolder:
     """Part files of finished chunks + ``progress.json`` (which build, how far), for one output.
 
-    A lock on ``lock`` keeps a second build of the same output from writing here at the same time."""
+    A lock on ``lock`` keeps a second build of the same output from writing here at the same time (a
+    POSIX record lock: held by this process only, not by the probe workers it forks, so it goes when
+    the build dies)."""
 
     def __init__(self, path: Path, build: dict, root: str, shard: tuple[int, int]):
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
         self._lock = open(path / "lock", "a")  # noqa: SIM115 (held for the build's life)
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             self._lock.close()
             raise DataIndexError(f"{path}: another build of this output is running") from None
         self.ident = {"build": build, "root": root, "shard": list(shard)}

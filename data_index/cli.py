@@ -52,10 +52,9 @@ def _report(out, built, note: str = "") -> None:
     """The summary line and the first 10 errors (read back from the errors table, not all of it)."""
     errors = errors_path_for(out)
     print(f"wrote {out}: {built.rows} videos; {built.errors} errors -> {errors}{note}")
-    if built.errors:
-        first = next(pq.ParquetFile(errors).iter_batches(batch_size=10, columns=["path", "reason"]))
-        for e in first.to_pylist():
-            print(f"  {e['path']}: {e['reason']}")
+    first = itertools.islice(_index_rows(errors, ["path", "reason"]), 10) if built.errors else ()
+    for e in first:
+        print(f"  {e['path']}: {e['reason']}")
     if built.errors > 10:
         print(f"  ... {built.errors - 10} more")
 

@@ -81,7 +81,7 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Built:
             raise DataIndexError(
                 f"{p['path']}: {p['chunks']} chunks, shard {i}/{n} of {n_chunks} has another count"
             )
-    with IndexWriter(out, info=first["info"]) as w:
+    with IndexWriter(out, info=by_shard[0]["info"]) as w:
         for k in range(n_chunks):
             p = by_shard[k % n]
             w.write(p["index"].read_row_group(k // n))

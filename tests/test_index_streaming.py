@@ -314,3 +314,36 @@ def test_split_and_caption_pairs_are_vectorised_and_exact(tmp_path):
             if not (only_alignable and c["alignable"] is False)
         ]
         assert [tuple(p) for p in ds._pairs.tolist()] == expected
+
+
+def test_sigkilled_build_resumes_at_once(tmp_path, monkeypatch):
+    """A real kill -9 mid-build (2 probe workers): the next run resumes at once (the work folder's
+    lock died with the build, its orphaned workers too) and probes only what was not finished."""
+    ann, root = write_howto100m_inputs(tmp_path / "in", 300, captions=2)
+    out, work = tmp_path / "i.parquet", tmp_path / "i.parquet.work"
+    argv = [
+        "build",
+        "--format",
+        "howto100m",
+        "--annotations",
+        str(ann),
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_index", *argv, "--workers", "2", "--chunk-size", "16"], env=env
+    )
+    deadline = time.time() + 60
+    while not (work / "chunk-0000000.parquet").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    done = len(list(work.glob("chunk-*[0-9].parquet")))
+    assert 1 <= done < 19 and not out.exists()
+    calls = _counting_probe(monkeypatch)
+    assert build("howto100m", [ann], root, out, workers=1, chunk_size=16) == (300, 0)
+    assert len(calls) == 300 - 16 * done
+    assert [r["video_id"] for r in _table(out)] == [f"v{i:07d}" for i in range(300)]
