@@ -127,6 +127,27 @@ def _to_row(rec: dict, meta: dict) -> tuple[dict, list[dict]]:
     return row, errors
 
 
+def _chunk_rows(probed: Iterable[tuple[Entry, tuple | None]], bar: tqdm) -> tuple[list[dict], list[dict]]:
+    """The index rows and errors-table rows of a chunk's (entry, probe result) pairs, in order."""
+    rows, errors = [], []
+    for (rec, entry_errors), result in probed:
+        errors.extend(entry_errors)
+        bar.update()
+        if rec is None:
+            continue
+        meta, reason, detail = result
+        if meta is None:
+            reason += f": {detail}" if detail else ""
+            errors.append(
+                {"video_id": rec["video_id"], "path": rec["path"], "stage": "probe", "reason": reason}
+            )
+            continue
+        row, row_errors = _to_row(rec, meta)
+        rows.append(row)
+        errors.extend(row_errors)
+    return rows, errors
+
+
 def _drop_late_captions(row: dict) -> list[dict]:
     """Remove captions that start at or after the video's end; returns errors-table entries for them."""
     dur = float(row["duration_s"])
@@ -307,22 +328,7 @@ def build(
         jobs = (None if rec is None else (str(root / rec["path"]), exact) for _, (rec, _) in todo1)
         probed = zip(todo2, probe_stream(jobs, workers), strict=True)
         for k, group in itertools.groupby(probed, key=lambda item: item[0][0]):
-            rows, errors = [], []
-            for (_, (rec, entry_errors)), result in group:
-                errors.extend(entry_errors)
-                bar.update()
-                if rec is None:
-                    continue
-                meta, reason, detail = result
-                if meta is None:
-                    reason += f": {detail}" if detail else ""
-                    errors.append(
-                        {"video_id": rec["video_id"], "path": rec["path"], "stage": "probe", "reason": reason}
-                    )
-                    continue
-                row, row_errors = _to_row(rec, meta)
-                rows.append(row)
-                errors.extend(row_errors)
+            rows, errors = _chunk_rows(((entry, result) for (_, entry), result in group), bar)
             work.write_chunk(k, rows, errors)
             pa.default_memory_pool().release_unused()  # mimalloc keeps freed pages: RSS crept per chunk
             pending.discard(k)
@@ -333,8 +339,8 @@ def build(
             raise DataIndexError(f"{', '.join(files)}: fewer entries than when the build started: changed?")
         extra, keep_empty = None, False
         if n_shards > 1:
-            meta = {"shard": i, "of": n_shards, "entries": total, "chunks": len(mine), "build": ident}
-            extra, keep_empty = {SHARD_KEY: json.dumps(meta).encode()}, True
+            shard_meta = {"shard": i, "of": n_shards, "entries": total, "chunks": len(mine), "build": ident}
+            extra, keep_empty = {SHARD_KEY: json.dumps(shard_meta).encode()}, True
         info = {"root": str(root), "format": fmt}
         with IndexWriter(out, info=info, extra=extra, keep_empty=keep_empty) as w:
             for k in mine:

@@ -134,26 +134,24 @@ def iter_json(path: str, kind: str, prefix: str = "") -> Iterator[tuple[Any, Any
 
 def iter_csv(path: str) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row with stripped keys and values) of a CSV file with a header."""
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        try:
             for row in reader:
-                yield (
-                    reader.line_num,
-                    {
-                        (k or "").strip(): (v.strip() if isinstance(v, str) else v)
-                        for k, v in row.items()
-                        if k is not None  # extra fields beyond the header
-                    },
-                )
-    except (csv.Error, UnicodeDecodeError) as e:
-        line = f" line {reader.line_num}" if "reader" in locals() else ""
-        raise DataIndexError(f"{path}{line}: cannot read as CSV: {e}") from None
+                fields = {
+                    (k or "").strip(): v.strip() if isinstance(v, str) else v for k, v in row.items() if k
+                }
+                yield reader.line_num, fields  # (k None: fields beyond the header, dropped)
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataIndexError(f"{path} line {reader.line_num + 1}: cannot read as CSV: {e}") from None
 
 
 def csv_header(path: str) -> list[str]:
-    with open(path, newline="") as f:
-        return [h.strip() for h in next(csv.reader(f), [])]
+    try:
+        with open(path, newline="") as f:
+            return [h.strip() for h in next(csv.reader(f), [])]
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise DataIndexError(f"{path}: cannot read as CSV: {e}") from None
 
 
 def _label_map(names) -> dict[str, int]:
