@@ -3,7 +3,7 @@ PY     := .venv/bin/python
 PIP    := .venv/bin/pip
 STAMP  := .venv/.installed
 
-.PHONY: setup torchcodec test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-data-web bench-train bench-vlp bench-frames bench-plan bench-align gpu-bundle gpu-check clean
+.PHONY: setup torchcodec test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-data-web bench-index bench-train bench-vlp bench-frames bench-plan bench-align gpu-bundle gpu-check clean
 
 setup: $(STAMP) torchcodec
 
@@ -58,6 +58,10 @@ bench-data: setup
 # 5-minute web-like videos per decoder backend: caption clips (one by one / grouped), 64 and 256 frames.
 bench-data-web: setup
 	$(PY) scripts/bench_data.py --suite web --workers 2 --json docs/bench_data_web.json
+
+# Index build/open at 20k, 60k, 120k HowTo100M-shaped videos (inputs in a temp folder; --preset small: ~1 min)
+bench-index: setup
+	$(PY) scripts/bench_index.py --json docs/bench_index.json
 
 # A lent GPU machine has its own torch and nothing of ours: scripts/gpu_check.sh needs torch alone, plus
 # PyYAML for reading configs (step d). No torchcodec wheel is bundled: they match one torch minor version

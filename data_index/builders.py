@@ -1,238 +1,151 @@
-"""Annotation parsers (one per dataset format) and the shared index builder.
+"""The index build: annotation entries (parsers.py) -> probed rows, streamed in chunks.
 
-A parser turns annotation files into *records* (video_id, path relative to root, split, label,
-label_name, segments, captions); ``build_index`` probes every video in parallel processes and writes
-the Parquet index plus the errors table (videos missing or unreadable, with the reason).
+Entries are numbered in annotation order and cut into chunks of ``chunk_size``. A chunk's videos are
+probed in worker processes (a bounded window in flight, so the pool never waits at a chunk's end and
+nothing holds more than a few chunks) and the chunk is written to its own part file in the work
+folder beside the output (``OUT.work/``: ``chunk-K.parquet`` + ``chunk-K.errors.parquet``, each
+written under a temporary name and renamed). A killed build run again skips the chunks whose part
+exists: nothing is probed twice. ``progress.json`` there names the build (format, options, the
+annotations' SHA-1) so a different build never resumes from it. When every chunk is done the parts
+are copied, row group by row group, into the index and its errors table, and the folder is removed.
+
+``shard=(i, N)`` builds only the chunks k with k % N == i, into a *part*: an index whose row group j
+is chunk i + j*N (empty ones kept) and whose metadata names the shard; ``merge.py`` interleaves the
+N parts into the index one build would write (same rows, order and errors).
 """
 
 from __future__ import annotations
 
-import csv
+import fcntl
+import hashlib
+import itertools
 import json
+import math
 import os
-import re
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from data_index.parsers import PARSERS, DataIndexError, Entry, Source, find_videos  # noqa: F401 (API)
 from turbo_ds.data.decode import DecodeError, probe_video
-from turbo_ds.data.schema import write_index
+from turbo_ds.data.schema import IndexWriter, errors_path_for, errors_table, rows_table
 
-VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
-
-
-# ----------------------------------------------------------------------------- helpers
+CHUNK_SIZE = 1024  # entries per chunk: the unit of resume and of shards, one row group of the index
+SHARD_KEY = b"turbo_ds.shard"
 
 
-def find_videos(root: str | os.PathLike) -> dict[str, str]:
-    """Map file stem (name without extension) -> path relative to ``root``, walking it once."""
-    root = Path(root)
-    out: dict[str, str] = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            stem, ext = os.path.splitext(name)
-            if ext.lower() in VIDEO_EXTS:
-                out.setdefault(stem, os.path.relpath(os.path.join(dirpath, name), root))
+class Built(NamedTuple):
+    rows: int
+    errors: int
+
+
+# ----------------------------------------------------------------------------- probing
+
+
+def _probe(args: tuple[str, bool]) -> tuple[dict | None, str | None, str]:
+    path, exact = args
+    try:
+        m = probe_video(path, exact=exact)
+        return m.__dict__, None, ""
+    except DecodeError as e:
+        return None, e.reason, e.detail
+    except Exception as e:  # a crash in one file must not stop the build
+        return None, "unreadable", f"{type(e).__name__}: {e}"
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: a probe worker whose build was killed (SIGKILL, out of memory) exits too,
+    instead of waiting forever on the pool's queue (and holding what it inherited)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _workers(workers: int) -> int:
+    return workers or min(8, os.cpu_count() or 1)
+
+
+def probe_many(
+    paths: Sequence[str], workers: int = 0, exact: bool = True, desc: str = "probe"
+) -> list[tuple]:
+    """Probe ``paths`` in ``workers`` processes (0 = one per CPU, 1 = in-process), with a progress bar."""
+    bar = tqdm(total=len(paths), desc=desc, unit="video", disable=None)
+    out = []
+    for result in probe_stream(((p, exact) for p in paths), workers):
+        out.append(result)
+        bar.update()
+    bar.close()
     return out
 
 
-def _label_map(names) -> dict[str, int]:
-    return {name: i for i, name in enumerate(sorted(set(names)))}
+def probe_stream(jobs: Iterable[tuple[str, bool] | None], workers: int = 0) -> Iterator[tuple | None]:
+    """``_probe`` of each job, in order, in ``workers`` processes with at most 32 jobs per worker in
+    flight (``ProcessPoolExecutor.map`` would submit every job at once). A None job gives None."""
+    workers = _workers(workers)
+    if workers <= 1:
+        yield from (None if job is None else _probe(job) for job in jobs)
+        return
+    window: deque[Future | None] = deque()
+    with ProcessPoolExecutor(workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+        for job in jobs:
+            window.append(None if job is None else pool.submit(_probe, job))
+            while len(window) > 32 * workers:
+                fut = window.popleft()
+                yield None if fut is None else fut.result()
+        while window:
+            fut = window.popleft()
+            yield None if fut is None else fut.result()
 
 
-def _is_int(x: str) -> bool:
-    return bool(re.fullmatch(r"-?\d+", str(x).strip()))
-
-
-def _read_csv(path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return [
-            {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
-            for row in csv.DictReader(f)
+def _to_row(rec: dict, meta: dict) -> tuple[dict, list[dict]]:
+    """An index row from an annotation record and its probed metadata, + errors-table rows for
+    captions dropped from it (sentences past the video's end)."""
+    row = {**rec, **meta}
+    fps = meta["fps"]
+    if "segments_frames" in row:
+        row["segments"] = [
+            {"start_s": a / fps, "end_s": b / fps, "label": lab} for a, b, lab in row.pop("segments_frames")
         ]
+    if "captions_frames" in row:
+        row["captions"] = [
+            {"start_s": a / fps, "end_s": b / fps, "text": t} for a, b, t in row.pop("captions_frames")
+        ]
+    errors = _drop_late_captions(row) if row.pop("drop_late_captions", False) else []
+    return row, errors
 
 
-def _resolve(videos: dict[str, str], *candidates: str) -> str | None:
-    for c in candidates:
-        if c in videos:
-            return videos[c]
-    return None
-
-
-# ----------------------------------------------------------------------------- parsers
-
-
-def parse_csv(files: Sequence[str], root, split: str | None = None) -> list[dict]:
-    """``path,label`` header (+ optional ``split``, ``label_name``, ``video_id``). Labels are ints,
-    or names mapped to ids in sorted order."""
-    rows = [r for f in files for r in _read_csv(f)]
-    if rows and not {"path", "label"} <= set(rows[0]):
-        raise ValueError(f"csv annotations need a header with at least path,label; got {list(rows[0])}")
-    names = [r["label"] for r in rows if r.get("label") not in (None, "")]
-    int_labels = all(_is_int(x) for x in names)
-    lmap = {} if int_labels else _label_map(names)
-    out = []
-    for r in rows:
-        lab = r.get("label")
-        if lab in (None, ""):
-            label, lname = -1, None
-        elif int_labels:
-            label, lname = int(lab), r.get("label_name") or None
-        else:
-            label, lname = lmap[lab], lab
-        out.append(
-            {
-                "video_id": r.get("video_id") or Path(r["path"]).stem,
-                "path": r["path"],
-                "split": r.get("split") or split or "train",
-                "label": label,
-                "label_name": lname,
-            }
-        )
-    return out
-
-
-def parse_kinetics(files: Sequence[str], root, split: str | None = None) -> list[dict]:
-    """Official Kinetics CSVs (label, youtube_id, time_start, time_end, split). Files are found by
-    stem ``{youtube_id}_{start:06d}_{end:06d}`` or ``{youtube_id}`` anywhere under root."""
-    rows = [r for f in files for r in _read_csv(f)]
-    lmap = _label_map(r["label"] for r in rows if r.get("label"))
-    videos = find_videos(root)
-    out = []
-    for r in rows:
-        yid, ts, te = r["youtube_id"], int(float(r["time_start"])), int(float(r["time_end"]))
-        stem = f"{yid}_{ts:06d}_{te:06d}"
-        sp = split or r.get("split") or "train"
-        sp = {"validate": "val", "validation": "val"}.get(sp, sp)
-        out.append(
-            {
-                "video_id": stem,
-                "path": _resolve(videos, stem, yid) or f"{stem}.mp4",
-                "split": sp,
-                "label": lmap[r["label"]] if r.get("label") else -1,
-                "label_name": r.get("label") or None,
-            }
-        )
-    return out
-
-
-def parse_ssv2(files: Sequence[str], root, split: str | None = None, labels: str | None = None) -> list[dict]:
-    """Something-Something v2: the JSON annotation lists (id, template, ...) + the labels JSON
-    (template without brackets -> id). Split from ``split`` or the file name (train/validation/test)."""
-    if not labels:
-        raise ValueError("ssv2 needs --labels (something-something-v2-labels.json)")
-    with open(labels) as f:
-        lmap = {k: int(v) for k, v in json.load(f).items()}
-    videos = find_videos(root)
-    out = []
-    for fname in files:
-        sp = split
-        if sp is None:
-            low = Path(fname).name.lower()
-            sp = "val" if "valid" in low else "test" if "test" in low else "train"
-        with open(fname) as f:
-            items = json.load(f)
-        for it in items:
-            vid = str(it["id"])
-            tmpl = it.get("template")
-            name = tmpl.replace("[", "").replace("]", "") if tmpl else None
-            if name is not None and name not in lmap:
-                raise ValueError(f"{fname}: template {name!r} (video {vid}) not in {labels}")
-            out.append(
-                {
-                    "video_id": vid,
-                    "path": _resolve(videos, vid) or f"{vid}.webm",
-                    "split": sp,
-                    "label": lmap[name] if name is not None else -1,
-                    "label_name": name,
-                }
+def _chunk_rows(probed: Iterable[tuple[Entry, tuple | None]], bar: tqdm) -> tuple[list[dict], list[dict]]:
+    """The index rows and errors-table rows of a chunk's (entry, probe result) pairs, in order."""
+    rows, errors = [], []
+    for (rec, entry_errors), result in probed:
+        errors.extend(entry_errors)
+        bar.update()
+        if rec is None:
+            continue
+        meta, reason, detail = result
+        if meta is None:
+            reason += f": {detail}" if detail else ""
+            errors.append(
+                {"video_id": rec["video_id"], "path": rec["path"], "stage": "probe", "reason": reason}
             )
-    return out
-
-
-def parse_howto100m(files: Sequence[str], root, split: str | None = None) -> list[dict]:
-    """HowTo100M captions: ``caption.json`` ({video_id: {start: [...], end: [...], text: [...]}}) or a
-    CSV with video_id,start,end,text (+ optional split) rows, one per caption."""
-    caps: dict[str, list[dict]] = {}
-    splits: dict[str, str] = {}
-    for fname in files:
-        if str(fname).endswith(".json"):
-            with open(fname) as f:
-                data = json.load(f)
-            for vid, c in data.items():
-                caps.setdefault(vid, []).extend(
-                    {"start_s": float(s), "end_s": float(e), "text": str(t)}
-                    for s, e, t in zip(c["start"], c["end"], c["text"], strict=True)
-                )
-        else:
-            for r in _read_csv(fname):
-                caps.setdefault(r["video_id"], []).append(
-                    {"start_s": float(r["start"]), "end_s": float(r["end"]), "text": r["text"]}
-                )
-                if r.get("split"):
-                    splits[r["video_id"]] = r["split"]
-    videos = find_videos(root)
-    return [
-        {
-            "video_id": vid,
-            "path": _resolve(videos, vid) or f"{vid}.mp4",
-            "split": split or splits.get(vid, "train"),
-            "label": -1,
-            "label_name": None,
-            "captions": sorted(c, key=lambda x: x["start_s"]),
-        }
-        for vid, c in caps.items()
-    ]
-
-
-def parse_htm_align(files: Sequence[str], root, split: str | None = None) -> list[dict]:
-    """HTM-Align (Han, Xie, Zisserman, CVPR 2022): JSON ``{video_id: [[alignable 0|1, start_s, end_s,
-    text], ...]}``. Label -1, split "test" unless ``split``; captions sorted by start with their
-    ``alignable`` flag. Sentences starting at or after the end of their video are dropped at build time
-    and reported in the errors table (stage "captions")."""
-    out = []
-    for fname in files:
-        with open(fname) as f:
-            data = json.load(f)
-        if not isinstance(data, dict):
-            raise ValueError(
-                f"{fname}: htm_align annotations are {{video_id: [[alignable, start, end, text]]}}"
-            )
-        for vid, sentences in data.items():
-            caps = []
-            for i, s in enumerate(sentences):
-                if len(s) != 4:
-                    raise ValueError(
-                        f"{fname}: video {vid} sentence {i}: expected [alignable, start_s, end_s, text], got {s!r}"
-                    )
-                flag, start, end, text = s
-                caps.append(
-                    {
-                        "start_s": float(start),
-                        "end_s": float(end),
-                        "text": str(text),
-                        "alignable": bool(int(flag)),
-                        "ann_index": i,  # position in the annotation file, for error reports
-                    }
-                )
-            out.append(
-                {
-                    "video_id": str(vid),
-                    "path": f"{vid}.mp4",  # resolved below
-                    "split": split or "test",
-                    "label": -1,
-                    "label_name": None,
-                    "captions": sorted(caps, key=lambda x: (x["start_s"], x["ann_index"])),
-                    "drop_late_captions": True,
-                }
-            )
-    videos = find_videos(root)
-    for rec in out:
-        rec["path"] = _resolve(videos, rec["video_id"]) or rec["path"]
-    return out
+            continue
+        row, row_errors = _to_row(rec, meta)
+        rows.append(row)
+        errors.extend(row_errors)
+    return rows, errors
 
 
 def _drop_late_captions(row: dict) -> list[dict]:
@@ -259,206 +172,185 @@ def _drop_late_captions(row: dict) -> list[dict]:
     return errors
 
 
-BREAKFAST_TEST_S1 = {f"P{i:02d}" for i in range(3, 16)}
+# ----------------------------------------------------------------------------- work folder
 
 
-def _breakfast_segments(path: Path) -> list[tuple[int, int, str]]:
-    """Segment file lines ``start-end label`` (1-based frames, inclusive) or one label per frame."""
-    lines = [x.strip() for x in path.read_text().splitlines() if x.strip()]
-    segs: list[tuple[int, int, str]] = []
-    if lines and re.fullmatch(r"\d+-\d+\s+\S+", lines[0]):
-        for x in lines:
-            rng, name = x.split(maxsplit=1)
-            a, b = rng.split("-")
-            segs.append((int(a) - 1, int(b), name.strip()))
-        return segs
-    for i, name in enumerate(lines):  # per-frame labels: group runs
-        if segs and segs[-1][2] == name and segs[-1][1] == i:
-            segs[-1] = (segs[-1][0], i + 1, name)
-        else:
-            segs.append((i, i + 1, name))
-    return segs
-
-
-def parse_breakfast(files: Sequence[str], root, split: str | None = None) -> list[dict]:
-    """Breakfast: segment label files (``P03_cereals.avi.labels``-style ``start-end action`` lines) or
-    per-frame label files (``groundTruth/P03_cam01_P03_cereals.txt``), given as files or folders.
-    Activity (recipe) = the name after the last ``_``; split 1 (P03-P15 -> "val") unless ``split``."""
-    paths: list[Path] = []
-    for f in files:
-        p = Path(f)
-        paths.extend(sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])
-    videos = find_videos(root)
-    by_relstem = {os.path.splitext(v)[0].replace(os.sep, "/"): v for v in videos.values()}
-    for dirpath, _, names in os.walk(root):  # several cameras share a file name: index full paths
-        for name in names:
-            if os.path.splitext(name)[1].lower() in VIDEO_EXTS:
-                rel = os.path.relpath(os.path.join(dirpath, name), root)
-                by_relstem[os.path.splitext(rel)[0].replace(os.sep, "/")] = rel
-    parsed = []
-    for p in paths:
-        stem = p.name
-        for suffix in (".labels", ".txt"):
-            stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
-        stem = os.path.splitext(stem)[0] if os.path.splitext(stem)[1].lower() in VIDEO_EXTS else stem
-        parts = stem.split("_")
-        rel = videos.get(stem)
-        if rel is None and len(parts) >= 3:  # P03_cam01_P03_cereals -> P03/cam01/P03_cereals.avi
-            rel = by_relstem.get("/".join([parts[0], parts[1], "_".join(parts[2:])]))
-        person = parts[0]
-        parsed.append((stem, rel or f"{stem}.avi", person, parts[-1], _breakfast_segments(p)))
-    activities = _label_map(a for *_, a, _ in parsed)
-    actions = _label_map(name for *_, segs in parsed for _, _, name in segs)
-    return [
-        {
-            "video_id": stem,
-            "path": rel,
-            "split": split or ("val" if person in BREAKFAST_TEST_S1 else "train"),
-            "label": activities[act],
-            "label_name": act,
-            "segments_frames": [(a, b, actions[n]) for a, b, n in segs],
-            "captions_frames": [(a, b, n) for a, b, n in segs],
-        }
-        for stem, rel, person, act, segs in parsed
-    ]
-
-
-def parse_coin(files: Sequence[str], root, split: str | None = None) -> list[dict]:
-    """COIN.json: {"database": {id: {recipe_type, class, subset, annotation: [{id, segment, label}]}}}.
-    Label = recipe_type, segments = steps (label = step id), captions = step descriptions.
-    subset training -> "train", testing -> "val"."""
-    videos = find_videos(root)
+def file_digest(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    """Name, size and SHA-1 of each file (a folder: of each file under it, in sorted order)."""
     out = []
-    for fname in files:
-        with open(fname) as f:
-            db = json.load(f)["database"]
-        for vid, v in db.items():
-            ann = sorted(v.get("annotation", []), key=lambda a: float(a["segment"][0]))
-            subset = v.get("subset", "training")
-            out.append(
-                {
-                    "video_id": vid,
-                    "path": _resolve(videos, vid) or f"{vid}.mp4",
-                    "split": split or {"training": "train", "testing": "val"}.get(subset, subset),
-                    "label": int(v["recipe_type"]),
-                    "label_name": v.get("class"),
-                    "segments": [
-                        {
-                            "start_s": float(a["segment"][0]),
-                            "end_s": float(a["segment"][1]),
-                            "label": int(a["id"]),
-                        }
-                        for a in ann
-                    ],
-                    "captions": [
-                        {
-                            "start_s": float(a["segment"][0]),
-                            "end_s": float(a["segment"][1]),
-                            "text": a["label"],
-                        }
-                        for a in ann
-                    ],
-                }
-            )
+    for p in map(Path, paths):
+        for f in sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]:
+            h = hashlib.sha1()
+            try:
+                with open(f, "rb") as fh:
+                    while block := fh.read(1 << 20):
+                        h.update(block)
+            except OSError as e:
+                raise DataIndexError(f"{f}: cannot read: {e.strerror}") from None
+            out.append({"name": f.name, "bytes": f.stat().st_size, "sha1": h.hexdigest()})
     return out
 
 
-PARSERS: dict[str, Callable[..., list[dict]]] = {
-    "csv": parse_csv,
-    "kinetics": parse_kinetics,
-    "ssv2": parse_ssv2,
-    "howto100m": parse_howto100m,
-    "breakfast": parse_breakfast,
-    "coin": parse_coin,
-    "htm_align": parse_htm_align,
-}
+def default_work_dir(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".work")
+
+
+class WorkFolder:
+    """Part files of finished chunks + ``progress.json`` (which build, how far), for one output.
+
+    A lock on ``lock`` keeps a second build of the same output from writing here at the same time (a
+    POSIX record lock: held by this process only, not by the probe workers it forks, so it goes when
+    the build dies)."""
+
+    def __init__(self, path: Path, build: dict, root: str, shard: tuple[int, int]):
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(path / "lock", "a")  # noqa: SIM115 (held for the build's life)
+        try:
+            fcntl.lockf(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise DataIndexError(f"{path}: another build of this output is running") from None
+        self.ident = {"build": build, "root": root, "shard": list(shard)}
+        progress = path / "progress.json"
+        if progress.exists():
+            old = json.loads(progress.read_text())
+            was = {**old.get("build", {}), "root": old.get("root"), "shard": old.get("shard")}
+            now = {**build, "root": root, "shard": list(shard)}
+            differ = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+            if differ:
+                self.close()
+                raise DataIndexError(
+                    f"{path} holds an unfinished build with another {', '.join(differ)}: run the same "
+                    "command to resume it, or delete the folder to start over"
+                )
+        for stale in path.glob("*.tmp*"):  # a part half-written when the build was killed
+            stale.unlink()
+
+    def part(self, k: int) -> Path:
+        return self.path / f"chunk-{k:07d}.parquet"
+
+    def done(self, k: int) -> bool:
+        return self.part(k).exists()
+
+    def write_chunk(self, k: int, rows: list[dict], errors: list[dict]) -> None:
+        """Errors first, then rows: a chunk whose rows part exists is complete."""
+        for table, final in (
+            (errors_table(errors), errors_path_for(self.part(k))),
+            (rows_table(rows), self.part(k)),
+        ):
+            tmp = final.with_name(final.name + ".tmp")
+            pq.write_table(table, tmp)
+            os.replace(tmp, final)
+
+    def read_chunk(self, k: int):
+        return pq.read_table(self.part(k)), pq.read_table(errors_path_for(self.part(k)))
+
+    def save_progress(self, **counts: Any) -> None:
+        tmp = self.path / "progress.json.tmp"
+        tmp.write_text(
+            json.dumps({**self.ident, **counts, "updated": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1)
+        )
+        os.replace(tmp, self.path / "progress.json")
+
+    def close(self) -> None:
+        self._lock.close()
+
+    def remove(self) -> None:
+        self.close()
+        shutil.rmtree(self.path)
 
 
 # ----------------------------------------------------------------------------- build
 
 
-def _probe(args: tuple[str, bool]) -> tuple[dict | None, str | None, str]:
-    path, exact = args
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"i/N"`` (0 <= i < N) -> (i, N)."""
     try:
-        m = probe_video(path, exact=exact)
-        return m.__dict__, None, ""
-    except DecodeError as e:
-        return None, e.reason, e.detail
-    except Exception as e:  # a crash in one file must not stop the build
-        return None, "unreadable", f"{type(e).__name__}: {e}"
-
-
-def probe_many(
-    paths: Sequence[str], workers: int = 0, exact: bool = True, desc: str = "probe"
-) -> list[tuple]:
-    """Probe ``paths`` in ``workers`` processes (0 = one per CPU, 1 = in-process), with a progress bar."""
-    workers = workers or min(8, os.cpu_count() or 1)
-    args = [(p, exact) for p in paths]
-    if workers <= 1 or len(paths) <= 1:
-        return [_probe(a) for a in tqdm(args, desc=desc, unit="video", disable=None)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(
-            tqdm(pool.map(_probe, args, chunksize=4), total=len(args), desc=desc, unit="video", disable=None)
-        )
-
-
-def build_index(
-    records: list[dict],
-    root: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    workers: int = 0,
-    info: dict | None = None,
-    exact: bool = True,
-) -> tuple[int, list[dict]]:
-    """Probe every record's video and write ``out`` (+ ``*.errors.parquet``). Returns (rows, errors)."""
-    root = Path(root)
-    results = probe_many([str(root / r["path"]) for r in records], workers=workers, exact=exact)
-    rows, errors = [], []
-    for rec, (meta, reason, detail) in zip(records, results, strict=True):
-        if meta is None:
-            errors.append(
-                {
-                    "video_id": rec["video_id"],
-                    "path": rec["path"],
-                    "stage": "probe",
-                    "reason": reason + (f": {detail}" if detail else ""),
-                }
-            )
-            continue
-        row = {**rec, **meta}
-        fps = meta["fps"]
-        if "segments_frames" in row:
-            row["segments"] = [
-                {"start_s": a / fps, "end_s": b / fps, "label": lab}
-                for a, b, lab in row.pop("segments_frames")
-            ]
-        if "captions_frames" in row:
-            row["captions"] = [
-                {"start_s": a / fps, "end_s": b / fps, "text": t} for a, b, t in row.pop("captions_frames")
-            ]
-        if row.pop("drop_late_captions", False):
-            errors.extend(_drop_late_captions(row))
-        rows.append(row)
-    write_index(rows, out, errors=errors, info={"root": str(root), **(info or {})})
-    return len(rows), errors
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise DataIndexError(f"--shard {spec!r}: expected I/N, e.g. 0/8") from None
+    if not 0 <= i < n:
+        raise DataIndexError(f"--shard {spec!r}: need 0 <= I < N")
+    return i, n
 
 
 def build(
     fmt: str,
-    annotations: Sequence[str],
+    annotations: Sequence[str | os.PathLike],
     root: str | os.PathLike,
     out: str | os.PathLike,
     *,
     workers: int = 0,
     split: str | None = None,
     labels: str | None = None,
-) -> tuple[int, list[dict]]:
-    """Parse ``annotations`` in format ``fmt`` and build the index at ``out``."""
+    shard: tuple[int, int] = (0, 1),
+    chunk_size: int = CHUNK_SIZE,
+    work_dir: str | os.PathLike | None = None,
+    exact: bool = True,
+) -> Built:
+    """Parse ``annotations`` in format ``fmt``, probe every video, write the index at ``out`` (+ its
+    errors table). Resumes an unfinished build of the same inputs from ``work_dir`` (default
+    ``OUT.work``). With ``shard=(i, N)``, ``out`` is part i of N, for ``merge``."""
     if fmt not in PARSERS:
-        raise ValueError(f"unknown format {fmt!r}; choose from {sorted(PARSERS)}")
-    kwargs: dict[str, Any] = {"split": split}
-    if fmt == "ssv2":
-        kwargs["labels"] = labels
-    records = PARSERS[fmt]([str(a) for a in annotations], root, **kwargs)
-    return build_index(records, root, out, workers=workers, info={"format": fmt})
+        raise DataIndexError(f"unknown format {fmt!r}; choose from {sorted(PARSERS)}")
+    if chunk_size < 1:
+        raise DataIndexError(f"chunk_size must be >= 1, got {chunk_size}")
+    i, n_shards = shard
+    root, out = Path(root), Path(out)
+    files = [str(a) for a in annotations]
+    src = Source(files, root, split=split, labels=labels)
+    parser = PARSERS[fmt]
+    ident = {
+        "format": fmt,
+        "split": split,
+        "labels": file_digest([labels]) if labels else None,
+        "annotations": file_digest(files),
+        "chunk_size": chunk_size,
+        "exact": exact,
+    }
+    # A first pass reads every annotation (a file that does not parse fails here, before any probe)
+    # and counts the entries, for the progress bar and the shards' chunk lists.
+    total = sum(1 for _ in tqdm(parser(src), desc="read annotations", unit="video", disable=None))
+    n_chunks = math.ceil(total / chunk_size)
+    mine = range(i, n_chunks, n_shards)
+    work = WorkFolder(Path(work_dir) if work_dir else default_work_dir(out), ident, str(root), shard)
+    try:
+        pending = {k for k in mine if not work.done(k)}
+        mine_entries = sum(min(chunk_size, total - k * chunk_size) for k in mine)
+        done_entries = mine_entries - sum(min(chunk_size, total - k * chunk_size) for k in pending)
+        counts = {"entries": total, "chunks": len(mine), "chunks_done": len(mine) - len(pending)}
+        work.save_progress(**counts)
+        bar = tqdm(total=mine_entries, initial=done_entries, desc="probe", unit="video", disable=None)
+        todo = ((n // chunk_size, e) for n, e in enumerate(parser(src)) if n // chunk_size in pending)
+        todo1, todo2 = itertools.tee(todo)
+        jobs = (None if rec is None else (str(root / rec["path"]), exact) for _, (rec, _) in todo1)
+        probed = zip(todo2, probe_stream(jobs, workers), strict=True)
+        for k, group in itertools.groupby(probed, key=lambda item: item[0][0]):
+            rows, errors = _chunk_rows(((entry, result) for (_, entry), result in group), bar)
+            work.write_chunk(k, rows, errors)
+            pa.default_memory_pool().release_unused()  # mimalloc keeps freed pages: RSS crept per chunk
+            pending.discard(k)
+            counts["chunks_done"] += 1
+            work.save_progress(**counts)
+        bar.close()
+        if pending:
+            raise DataIndexError(f"{', '.join(files)}: fewer entries than when the build started: changed?")
+        extra, keep_empty = None, False
+        if n_shards > 1:
+            shard_meta = {"shard": i, "of": n_shards, "entries": total, "chunks": len(mine), "build": ident}
+            extra, keep_empty = {SHARD_KEY: json.dumps(shard_meta).encode()}, True
+        info = {"root": str(root), "format": fmt}
+        with IndexWriter(out, info=info, extra=extra, keep_empty=keep_empty) as w:
+            for k in mine:
+                rows_t, errors_t = work.read_chunk(k)
+                w.write(rows_t)
+                w.write_errors(errors_t)
+                del rows_t, errors_t
+                pa.default_memory_pool().release_unused()
+    except BaseException:
+        work.close()
+        raise
+    work.remove()
+    return Built(w.rows, w.errors)

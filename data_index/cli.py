@@ -1,42 +1,80 @@
-"""The `python -m data_index` command line: build, validate, stats, transcode, demo."""
+"""The `python -m data_index` command line: build, merge, validate, stats, transcode, demo."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from data_index.builders import PARSERS, build, probe_many
-from turbo_ds.data.schema import errors_path_for, index_metadata, read_errors, write_index
+from data_index.builders import CHUNK_SIZE, PARSERS, build, parse_shard, probe_many, probe_stream
+from data_index.merge import merge
+from data_index.parsers import DataIndexError
+from turbo_ds.data.schema import errors_path_for, index_metadata, write_index
 
 
 def cmd_build(a) -> int:
-    n, errors = build(
-        a.format, a.annotations, a.root, a.out, workers=a.workers, split=a.split, labels=a.labels
+    shard = parse_shard(a.shard) if a.shard else (0, 1)
+    built = build(
+        a.format,
+        a.annotations,
+        a.root,
+        a.out,
+        workers=a.workers,
+        split=a.split,
+        labels=a.labels,
+        shard=shard,
+        chunk_size=a.chunk_size,
+        work_dir=a.work_dir,
     )
-    print(f"wrote {a.out}: {n} videos; {len(errors)} errors -> {errors_path_for(a.out)}")
-    for e in errors[:10]:
-        print(f"  {e['path']}: {e['reason']}")
-    if len(errors) > 10:
-        print(f"  ... {len(errors) - 10} more")
+    part = (
+        f" (part {shard[0]}/{shard[1]}: merge the parts with `python -m data_index merge`)" if a.shard else ""
+    )
+    _report(a.out, built, part)
     return 0
+
+
+def cmd_merge(a) -> int:
+    _report(a.out, merge(a.parts, a.out), f" (merged from {len(a.parts)} parts)")
+    return 0
+
+
+def _report(out, built, note: str = "") -> None:
+    """The summary line and the first 10 errors (read back from the errors table, not all of it)."""
+    errors = errors_path_for(out)
+    print(f"wrote {out}: {built.rows} videos; {built.errors} errors -> {errors}{note}")
+    first = itertools.islice(_index_rows(errors, ["path", "reason"]), 10) if built.errors else ()
+    for e in first:
+        print(f"  {e['path']}: {e['reason']}")
+    if built.errors > 10:
+        print(f"  ... {built.errors - 10} more")
+
+
+def _index_rows(index, columns: list[str]) -> Iterator[dict]:
+    """Rows of ``columns``, one row group in memory at a time."""
+    for batch in pq.ParquetFile(index).iter_batches(columns=columns):
+        yield from batch.to_pylist()
 
 
 def cmd_validate(a) -> int:
     """Every path exists and opens; frame counts re-checked. Exit 1 if anything is wrong."""
-    table = pq.read_table(a.index)
-    rows = table.to_pylist()
     root = Path(a.root) if a.root else Path(a.index).parent
-    results = probe_many([str(root / r["path"]) for r in rows], workers=a.workers, desc="validate")
+    total = pq.ParquetFile(a.index).metadata.num_rows
+    rows, rows_again = itertools.tee(_index_rows(a.index, ["video_id", "path", "num_frames"]))
+    jobs = ((str(root / r["path"]), True) for r in rows)
     problems = []
-    for r, (meta, reason, detail) in zip(rows, results, strict=True):
+    bar = tqdm(total=total, desc="validate", unit="video", disable=None)
+    for r, (meta, reason, detail) in zip(rows_again, probe_stream(jobs, a.workers), strict=True):
+        bar.update()
         if meta is None:
             problems.append(
                 {
@@ -55,7 +93,8 @@ def cmd_validate(a) -> int:
                     "reason": f"frame count {r['num_frames']} in index, {meta['num_frames']} decode",
                 }
             )
-    print(f"{a.index}: {len(rows)} videos checked, {len(problems)} problems")
+    bar.close()
+    print(f"{a.index}: {total} videos checked, {len(problems)} problems")
     for p in problems[:20]:
         print(f"  {p['path']}: {p['reason']}")
     if a.errors_out:
@@ -65,36 +104,61 @@ def cmd_validate(a) -> int:
 
 
 def index_stats(index: str) -> dict:
-    t = pq.read_table(index).to_pylist()
+    """Counts and ranges over the index, one row group at a time (Arrow compute, no row objects)."""
     meta = index_metadata(index)
-    frames = np.array([r["num_frames"] for r in t]) if t else np.zeros(1)
-    dur = np.array([r["duration_s"] for r in t]) if t else np.zeros(1)
+    n, splits, labels, res, alignable = 0, Counter(), Counter(), Counter(), Counter()
+    frames, dur = [np.inf, 0.0, -np.inf], [np.inf, 0.0, -np.inf]  # min, sum, max
+    segments = captions = 0
+    for b in pq.ParquetFile(index).iter_batches():
+        if not b.num_rows:
+            continue
+        n += b.num_rows
+        for counter, col in ((splits, b["split"]), (labels, b["label"])):
+            counter.update({x["values"]: x["counts"] for x in pc.value_counts(col).to_pylist()})
+        for acc, col in ((frames, b["num_frames"]), (dur, b["duration_s"])):
+            mm = pc.min_max(col).as_py()
+            acc[0], acc[2] = min(acc[0], mm["min"] or 0), max(acc[2], mm["max"] or 0)
+            acc[1] += pc.sum(col).as_py() or 0
+        size = pc.binary_join_element_wise(pc.cast(b["width"], "string"), pc.cast(b["height"], "string"), "x")
+        res.update({x["values"]: x["counts"] for x in pc.value_counts(size).to_pylist()})
+        segments += pc.sum(pc.list_value_length(b["segments"])).as_py() or 0
+        caps = pc.list_flatten(b["captions"])
+        captions += len(caps)
+        if caps.type.get_field_index("alignable") >= 0:  # schema 1.1: true / false / unknown (null)
+            flags = pc.struct_field(caps, "alignable")
+            alignable.update(
+                {
+                    "true": pc.sum(flags).as_py() or 0,
+                    "false": len(flags) - flags.null_count - (pc.sum(flags).as_py() or 0),
+                    "unknown": flags.null_count,
+                }
+            )
+        else:
+            alignable["unknown"] += len(caps)
+    if not n:
+        frames, dur = [0, 0.0, 0], [0.0, 0.0, 0.0]
     return {
         "index": str(index),
         "schema_version": meta["schema_version"],
         "info": meta["info"],
-        "videos": len(t),
-        "splits": dict(Counter(r["split"] for r in t)),
-        "classes": len({r["label"] for r in t if r["label"] >= 0}),
-        "labels": dict(sorted(Counter(r["label"] for r in t).items())),
-        "frames": {"min": int(frames.min()), "mean": float(frames.mean()), "max": int(frames.max())},
+        "videos": n,
+        "splits": dict(splits),
+        "classes": len([k for k in labels if k is not None and k >= 0]),
+        "labels": dict(sorted(labels.items())),
+        "frames": {"min": int(frames[0]), "mean": frames[1] / max(n, 1), "max": int(frames[2])},
         "duration_s": {
-            "min": float(dur.min()),
-            "mean": float(dur.mean()),
-            "max": float(dur.max()),
-            "total_h": float(dur.sum() / 3600),
+            "min": float(dur[0]),
+            "mean": dur[1] / max(n, 1),
+            "max": float(dur[2]),
+            "total_h": dur[1] / 3600,
         },
-        "resolutions": dict(Counter(f"{r['width']}x{r['height']}" for r in t).most_common(5)),
-        "segments": sum(len(r["segments"] or []) for r in t),
-        "captions": sum(len(r["captions"] or []) for r in t),
-        "alignable": dict(  # captions by schema-1.1 flag: true / false / unknown (null, or a 1.0 index)
-            Counter(
-                {True: "true", False: "false"}.get(c.get("alignable"), "unknown")
-                for r in t
-                for c in r["captions"] or []
-            )
-        ),
-        "errors": len(read_errors(index)),
+        "resolutions": dict(res.most_common(5)),
+        "segments": segments,
+        "captions": captions,
+        "alignable": {k: v for k, v in alignable.items() if v},
+        "errors": pq.ParquetFile(errors_path_for(index)).metadata.num_rows
+        if errors_path_for(index).exists()
+        else 0,
     }
 
 
@@ -204,7 +268,27 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=0, help="probe processes (0 = one per CPU, max 8)")
     b.add_argument("--split", default=None, help="force this split for every row")
     b.add_argument("--labels", default=None, help="ssv2: something-something-v2-labels.json")
+    b.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="build part I (0-based) of N, for `merge` (a SLURM array)",
+    )
+    b.add_argument(
+        "--work-dir", default=None, help="finished chunks + progress.json, for resuming (default: OUT.work)"
+    )
+    b.add_argument(
+        "--chunk-size",
+        type=int,
+        default=CHUNK_SIZE,
+        help="videos per chunk: resume and shard unit, one row group",
+    )
     b.set_defaults(fn=cmd_build)
+
+    m = sub.add_parser("merge", help="merge the parts of a sharded build (checked) into one index")
+    m.add_argument("parts", nargs="+", help="PART.parquet files of `build --shard I/N`, one per shard")
+    m.add_argument("--out", required=True, help="INDEX.parquet")
+    m.set_defaults(fn=cmd_merge)
 
     v = sub.add_parser("validate", help="every path exists and opens; frame counts re-checked")
     v.add_argument("index")
@@ -240,7 +324,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except DataIndexError as e:  # bad input: one line, no traceback (exit 2, as argparse for usage)
+        print(f"data_index: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def _rows(path):
 def test_build_sorts_flags_and_reports(root, ann, tmp_path):
     out = tmp_path / "a.parquet"
     n, errors = build("htm_align", [ann], root, out, workers=1)
-    assert n == 2 and len(errors) == 2
+    assert n == 2 and errors == 2  # counts; the rows are in the errors table
     rows = _rows(out)
     a, b = rows["vA"], rows["vB"]
     assert (a["split"], a["label"], a["label_name"], a["path"]) == ("test", -1, None, "x/vA.mp4")
@@ -77,11 +77,24 @@ def test_cli_build_with_split(root, ann, tmp_path, capsys):
     assert len(VideoIndex(out, root=root, split="val")) == 2
 
 
-def test_bad_annotation_is_a_clear_error(root, tmp_path):
+def test_malformed_sentences_are_reported_and_the_build_goes_on(root, tmp_path):
     p = tmp_path / "bad.json"
-    p.write_text(json.dumps({"vA": [[1, 0.0, "no end"]]}))
-    with pytest.raises(ValueError, match="vA sentence 0"):
-        build("htm_align", [p], root, tmp_path / "c.parquet", workers=1)
+    p.write_text(
+        json.dumps(
+            {
+                "vA": [[1, 0.0, "no end"], [1, "soon", 1.0, "start not a number"], [1, 0.5, 1.0, "kept"]],
+                "vB": "not a list",
+            }
+        )
+    )
+    n, errors = build("htm_align", [p], root, tmp_path / "c.parquet", workers=1)
+    assert (n, errors) == (1, 3)
+    assert [c["text"] for c in _rows(tmp_path / "c.parquet")["vA"]["captions"]] == ["kept"]
+    reasons = [(e["video_id"], e["stage"], e["reason"]) for e in read_errors(tmp_path / "c.parquet")]
+    assert [r[:2] for r in reasons] == [("vA", "annotations")] * 2 + [("vB", "annotations")]
+    assert f"{p} (video vA) sentence 0: expected [alignable, start_s, end_s, text]" in reasons[0][2]
+    assert "sentence 1: start_s 'soon' is not a number: dropped" in reasons[1][2]
+    assert "not a list of sentences" in reasons[2][2] and "video dropped" in reasons[2][2]
 
 
 OLD_CAPTION = pa.struct([("start_s", pa.float32()), ("end_s", pa.float32()), ("text", pa.string())])

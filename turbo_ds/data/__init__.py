@@ -1,45 +1,48 @@
-"""turbo_ds.data: Parquet video index -> frame sampler -> decoder -> uint8 transforms -> batches."""
+"""turbo_ds.data: Parquet video index -> frame sampler -> decoder -> uint8 transforms -> batches.
 
-from turbo_ds.data.dataset import VideoDataset, collate_samples
-from turbo_ds.data.decode import DecodeError, VideoMeta, decode_frames, probe_video
-from turbo_ds.data.errors import FailureLog, TooManyFailuresError
-from turbo_ds.data.loader import ResumableDataLoader, build_dataloader
-from turbo_ds.data.sampler import ShardedSampler
-from turbo_ds.data.sampling import (
-    FrameSampler,
-    caption_window_indices,
-    centred_clip_indices,
-    dense_clip_indices,
-    multiview_clip_indices,
-    per_second_clip_indices,
-    uniform_segment_indices,
-)
-from turbo_ds.data.schema import INDEX_SCHEMA, SCHEMA_VERSION, VideoIndex, read_errors, write_index
-from turbo_ds.data.transforms import ClipTransform
+The names below are imported on first use (PEP 562), so that ``data_index`` (probe, schema) and other
+torch-free users do not pay for importing torch (seconds, and ~0.7 GB of RSS per process).
+"""
 
-__all__ = [
-    "INDEX_SCHEMA",
-    "SCHEMA_VERSION",
-    "ClipTransform",
-    "DecodeError",
-    "FailureLog",
-    "FrameSampler",
-    "ResumableDataLoader",
-    "ShardedSampler",
-    "TooManyFailuresError",
-    "VideoDataset",
-    "VideoIndex",
-    "VideoMeta",
-    "build_dataloader",
-    "caption_window_indices",
-    "centred_clip_indices",
-    "collate_samples",
-    "decode_frames",
-    "dense_clip_indices",
-    "multiview_clip_indices",
-    "per_second_clip_indices",
-    "probe_video",
-    "read_errors",
-    "uniform_segment_indices",
-    "write_index",
-]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "VideoDataset": "dataset",
+    "collate_samples": "dataset",
+    "DecodeError": "decode",
+    "VideoMeta": "decode",
+    "decode_frames": "decode",
+    "probe_video": "decode",
+    "FailureLog": "errors",
+    "TooManyFailuresError": "errors",
+    "ResumableDataLoader": "loader",
+    "build_dataloader": "loader",
+    "ShardedSampler": "sampler",
+    "FrameSampler": "sampling",
+    "caption_window_indices": "sampling",
+    "centred_clip_indices": "sampling",
+    "dense_clip_indices": "sampling",
+    "multiview_clip_indices": "sampling",
+    "per_second_clip_indices": "sampling",
+    "uniform_segment_indices": "sampling",
+    "INDEX_SCHEMA": "schema",
+    "SCHEMA_VERSION": "schema",
+    "VideoIndex": "schema",
+    "read_errors": "schema",
+    "write_index": "schema",
+    "ClipTransform": "transforms",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

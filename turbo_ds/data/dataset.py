@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
@@ -147,16 +146,15 @@ class VideoDataset(Dataset):
                 )
 
     def _caption_pairs(self) -> np.ndarray:
-        """(N, 2) int64 (video position, caption position) of every usable caption of the split."""
-        col = self.index.table.column("captions").take(pa.array(self.index.rows)).combine_chunks()
-        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
-        video = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        """(N, 2) int32 (video position, caption position) of every usable caption of the split, from
+        the mapped caption lengths and ``alignable`` flags alone (no caption text is read)."""
+        lengths = self.index.caption_lengths()
+        video = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
         first = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        pairs = np.stack([video, np.arange(len(video), dtype=np.int64) - first], axis=1)
-        flat = pc.list_flatten(col)
-        if self.only_alignable and flat.type.get_field_index("alignable") >= 0:
-            flags = pc.fill_null(flat.field("alignable"), True).to_numpy(zero_copy_only=False)
-            pairs = pairs[flags.astype(bool)]
+        pairs = np.stack([video, (np.arange(len(video)) - first).astype(np.int32)], axis=1)
+        flags = self.index.caption_field("alignable") if self.only_alignable else None
+        if flags is not None:
+            pairs = pairs[pc.fill_null(flags, True).to_numpy(zero_copy_only=False).astype(bool)]
         return pairs
 
     def _second_chunks(self) -> np.ndarray:
