@@ -21,7 +21,7 @@ from helpers import LAUNCH_ENV_KEYS, ROOT, write_config
 
 from turbo_ds.cli import run_cli
 from turbo_ds.config import ConfigError, load_config
-from turbo_ds.sweep import cli, plan, run
+from turbo_ds.sweep import cli, run, spec
 from turbo_ds.sweep.grid import check_keys, combinations, parse_grid, slug, yaml_inline
 from turbo_ds.sweep.launch import SweepSignals, runs_script
 
@@ -119,8 +119,8 @@ def test_plan_is_deterministic_and_gives_each_run_the_sweeps_settings(tmp_path, 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = write_config({"tracking": {"tags": {"owner": "me"}}}, tmp_path / "base.yaml")
     grid = ["token_dropout.drop_ratio=0,0.5", "pmae.enabled=true,false"]
-    s = plan.build(cfg, DS, grid, ["optim.lr=1e-4"], out=tmp_path / "sweeps")
-    again = plan.build(cfg, DS, grid, ["optim.lr=1e-4"], out=tmp_path / "sweeps")
+    s = spec.build(cfg, DS, grid, ["optim.lr=1e-4"], out=tmp_path / "sweeps")
+    again = spec.build(cfg, DS, grid, ["optim.lr=1e-4"], out=tmp_path / "sweeps")
     name = "base__token_dropout.drop_ratio+pmae.enabled"
     assert (s.name, s.experiment, s.sweep_id) == (name, name, again.sweep_id) and len(s.sweep_id) == 12
     folder = tmp_path.resolve() / "sweeps" / name
@@ -147,13 +147,13 @@ def test_plan_is_deterministic_and_gives_each_run_the_sweeps_settings(tmp_path, 
         "turbo_ds.sweep.pmae.enabled": "true",
     }
     cmd = s.command(c, master_port=12345)
-    assert cmd[1] == str(plan.TRAIN_SCRIPT) and cmd[-2:] == ["--resume", "latest"]
-    two = plan.build(cfg, DS, grid, num_gpus=2, out=tmp_path / "sweeps").command(c, master_port=12345)
+    assert cmd[1] == str(spec.TRAIN_SCRIPT) and cmd[-2:] == ["--resume", "latest"]
+    two = spec.build(cfg, DS, grid, num_gpus=2, out=tmp_path / "sweeps").command(c, master_port=12345)
     assert two[1:8] == ["-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "12345"] + [
-        str(plan.TRAIN_SCRIPT)
+        str(spec.TRAIN_SCRIPT)
     ]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    server = plan.build(cfg, DS, grid, out=tmp_path / "sweeps")
+    server = spec.build(cfg, DS, grid, out=tmp_path / "sweeps")
     assert (server.tracking_uri, server.artifact_location) == ("http://mlflow.example:5000", None)
 
 
@@ -243,7 +243,7 @@ def test_loop_records_statuses_and_exits_as_its_runs_call_for(tmp_path, monkeypa
     cfg = write_config({"train": {"max_steps": 4}}, tmp_path / "c.yaml")
 
     def sweep(name):
-        return plan.build(cfg, DS, ["seed=1,2,3,4"], name=name, out=tmp_path)
+        return spec.build(cfg, DS, ["seed=1,2,3,4"], name=name, out=tmp_path)
 
     s = sweep("a")
     assert run.run(s, runner=_fake_runner({2: 1})) == 1  # a failure: recorded, the others run
@@ -338,15 +338,16 @@ def test_stopped_sweep_resumes_its_run_in_the_same_mlflow_run(demo_data, tmp_pat
     """SIGTERM to the sweep after the run's first evaluation: the sweep passes it to the run, which
     saves a checkpoint and exits 75, and so does the sweep. The same command again resumes the run
     from that checkpoint into the same MLflow run, whose system metrics (tracking.system_metrics,
-    sampled every 0.2 s) go on from where they stopped."""
+    sampled every 0.05 s) go on from where they stopped."""
     from mlflow.tracking import MlflowClient
 
     cfg = sweep_config(
         demo_data,
         tmp_path / "cfg.yaml",
-        train={"max_steps": 16, "eval_every": 2, "eval_max_batches": 1, "log_every": 2},
+        train={"max_steps": 48, "eval_every": 2, "eval_max_batches": 1, "log_every": 2},
         checkpoint={"save_final": True},
-        tracking={"system_metrics": True, "system_metrics_interval_s": 0.2},
+        # tiny steps (~20 ms): sampled often enough that the resumed half logs system metrics too
+        tracking={"system_metrics": True, "system_metrics_interval_s": 0.05},
     )
     argv = ["--config", str(cfg), "--ds_config", DS, "--grid", "token_dropout.drop_ratio=0.5"]
     argv += ["--name", "stopped", "--out", str(tmp_path / "sweeps")]
@@ -354,9 +355,17 @@ def test_stopped_sweep_resumes_its_run_in_the_same_mlflow_run(demo_data, tmp_pat
     run_dir = folder / "token_dropout.drop_ratio=0.5"
 
     def sigterm_after_first_eval():
+        """After the first evaluation and the first system-metrics sample (a loaded machine samples
+        late): then both halves of the run log system metrics, and the steps must follow each other."""
         deadline = time.monotonic() + 120
         while not (run_dir / "evals.jsonl").exists() and time.monotonic() < deadline:
             time.sleep(0.02)
+        store = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+        while time.monotonic() < deadline:
+            runs = store.search_runs([e.experiment_id for e in store.search_experiments()])
+            if runs and "system/cpu_utilization_percentage" in runs[0].data.metrics:
+                break
+            time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a late signal must not end pytest
@@ -370,7 +379,7 @@ def test_stopped_sweep_resumes_its_run_in_the_same_mlflow_run(demo_data, tmp_pat
     (c,) = json.loads((folder / "sweep.json").read_text())["combinations"]
     assert (status, c["status"], c["exit_code"]) == (75, "preempted", 75)
     stopped = int((run_dir / "checkpoints" / "latest").read_text().removeprefix("global_step"))
-    assert 2 <= stopped < 16 and not (run_dir / "final_metrics.json").exists()
+    assert 2 <= stopped < 48 and not (run_dir / "final_metrics.json").exists()
 
     assert cli.main(argv) == 0
     rec = json.loads((folder / "sweep.json").read_text())
@@ -382,7 +391,7 @@ def test_stopped_sweep_resumes_its_run_in_the_same_mlflow_run(demo_data, tmp_pat
     assert r.data.tags["turbo_ds.stopped_by"] == "SIGTERM"
     assert r.data.tags["turbo_ds.resumed_at_step"] == str(stopped)
     steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")]
-    assert steps == sorted(set(steps)) and set(range(2, 17, 2)) <= set(steps)
+    assert steps == sorted(set(steps)) and set(range(2, 49, 2)) <= set(steps)
     cpu = [m.step for m in client.get_metric_history(r.info.run_id, "system/cpu_utilization_percentage")]
     assert len(cpu) >= 2 and len(set(cpu)) == len(cpu), cpu  # the resumed run's steps follow the first's
     assert {"system/system_memory_usage_megabytes", "system/disk_usage_percentage"} <= set(r.data.metrics)

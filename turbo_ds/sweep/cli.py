@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from turbo_ds.cli import add_debug_flag, add_set_flag
-from turbo_ds.sweep.plan import DEFAULT_OUT
+from turbo_ds.sweep.spec import DEFAULT_OUT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,11 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from turbo_ds.sweep import plan, run
+    from turbo_ds.sweep import run, spec
 
     args = build_parser().parse_args(argv)
     try:
-        sweep = plan.build(
+        sweep = spec.build(
             args.config,
             args.ds_config,
             args.grid,

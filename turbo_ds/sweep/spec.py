@@ -1,5 +1,5 @@
-"""What a sweep will do: its name and id, its MLflow store, and each combination's overrides, folder
-and command; every combination's config is validated here, before any run starts.
+"""What a sweep will do (its specification): its name and id, its MLflow store, and each combination's
+overrides, folder and command; every combination's config is validated here, before any run starts.
 
 The name is the sweep's identity: the same command gives the same name (default: the config's stem
 and the varied keys), hence the same id, folder and experiment, so a rerun finds what is done.
