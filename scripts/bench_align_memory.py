@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def bench_config(index: Path, chunk_seconds: int, img_size: int, out_dir: Path) -> dict:

@@ -27,15 +27,13 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_index.builders import build  # noqa: E402
-from data_index.cli import main as data_index_main  # noqa: E402
-from data_index.videowrite import write_video  # noqa: E402
-from turbo_ds.data import build_dataloader  # noqa: E402
-from turbo_ds.data.sampling import dense_clip_indices  # noqa: E402
-from turbo_ds.data.schema import VideoIndex, write_index  # noqa: E402
-from turbo_ds.data.transforms import ClipTransform, to_tchw  # noqa: E402
+from data_index.builders import build
+from data_index.cli import main as data_index_main
+from data_index.videowrite import write_video
+from turbo_ds.data import build_dataloader
+from turbo_ds.data.sampling import dense_clip_indices
+from turbo_ds.data.schema import VideoIndex, write_index
+from turbo_ds.data.transforms import ClipTransform, to_tchw
 
 
 def synth_frames(w: int, h: int, n: int, seed: int):

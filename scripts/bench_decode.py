@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 # name: (width, height, frames, keyframe interval, sampler, frames per clip)
 CASES = {
     "320p dense 16": (568, 320, 125, 125, "dense", 16),

@@ -19,19 +19,16 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from turbo_ds.models.config import ViTConfig  # noqa: E402
-from turbo_ds.plan import DecoderShape, StateSetup, Workload, plan  # noqa: E402
-from turbo_ds.plan.params import count_on_meta  # noqa: E402
-from turbo_ds.plan.probe import build_core, measure_in_fresh_process  # noqa: E402
+from turbo_ds.models.config import ViTConfig
+from turbo_ds.plan import DecoderShape, StateSetup, Workload, plan
+from turbo_ds.plan.params import count_on_meta
+from turbo_ds.plan.probe import build_core, measure_in_fresh_process
 
 MiB = 2**20
 PRESETS = {

@@ -11,13 +11,10 @@ process; the table ends with the extrapolation to HowTo100M (1.22M videos, 136M 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_index.bench import PRESETS, run  # noqa: E402
+from data_index.bench import PRESETS, run
 
 
 def main() -> None:

@@ -16,46 +16,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from turbo_ds.measure.launch import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Training: dense vs Turbo (scripts/bench_train.py)"
-
-
-def launch_run(name: str, sets: list[str], args) -> float:
-    """``scripts/train.py`` with ``--set`` overrides under the deepspeed launcher (plain python for one
-    process), quietly; returns the launch's wall time. Shared by the benchmark scripts."""
-    train = [str(ROOT / "scripts" / "train.py"), "--config", args.config, "--ds_config", args.ds_config]
-    for s in sets:
-        train += ["--set", s]
-    if args.num_gpus > 1:
-        cmd = [
-            sys.executable,
-            "-m",
-            "deepspeed.launcher.runner",
-            "--num_gpus",
-            str(args.num_gpus),
-            "--master_port",
-            str(args.master_port),
-            *train,
-        ]
-    else:
-        cmd = [sys.executable, *train]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MLFLOW_TRACKING_URI")
-    }
-    print(f"[bench] {name}: {' '.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return wall
 
 
 def run_variant(name: str, overrides: list[str], args, out: Path) -> dict:
@@ -73,7 +39,7 @@ def run_variant(name: str, overrides: list[str], args, out: Path) -> dict:
         *overrides,
         *args.set,
     ]
-    wall = launch_run(name, sets, args)
+    wall = run_training(name, args.config, args.ds_config, sets, args.num_gpus, args.master_port)
     final = json.loads((run_dir / "final_metrics.json").read_text())
     return {
         "variant": name,

@@ -23,8 +23,7 @@ import platform
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import launch_run  # noqa: E402
+from turbo_ds.measure.launch import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"dense": 0.0, "drop0.5": 0.5, "drop0.75": 0.75}
@@ -48,7 +47,7 @@ def run_setting(name: str, drop: float, args, out: Path) -> dict:
     ]
     if (run_dir / "evals.jsonl").exists():
         (run_dir / "evals.jsonl").unlink()  # a rerun replaces the curve, it does not extend it
-    wall = launch_run(name, sets, args)
+    wall = run_training(name, args.config, args.ds_config, sets, args.num_gpus, args.master_port)
     final = json.loads((run_dir / "final_metrics.json").read_text())
     evals = [json.loads(line) for line in (run_dir / "evals.jsonl").read_text().splitlines()]
     return {

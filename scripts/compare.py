@@ -7,12 +7,9 @@ python scripts/compare.py --runs-dir runs/sweep --baseline drop0 --out runs/comp
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from turbo_ds.cli import run_cli  # noqa: E402
-from turbo_ds.compare.main import main  # noqa: E402
+from turbo_ds.cli import run_cli
+from turbo_ds.compare.main import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(main, process_group=False))

@@ -10,12 +10,9 @@ python scripts/eval.py --checkpoint runs/demo_video_text/checkpoints --split val
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from turbo_ds.cli import run_cli  # noqa: E402
-from turbo_ds.trainer import eval_main  # noqa: E402
+from turbo_ds.cli import run_cli
+from turbo_ds.trainer import eval_main
 
 if __name__ == "__main__":
     sys.exit(run_cli(eval_main))

@@ -12,12 +12,9 @@ ending in ``.pt`` writes those two beside it. Load it with ``turbo_ds.engine.exp
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from turbo_ds.engine.export import export_encoder, export_paths, resolve_tag, to_universal  # noqa: E402
+from turbo_ds.engine.export import export_encoder, export_paths, resolve_tag, to_universal
 
 
 def main(argv=None) -> Path:

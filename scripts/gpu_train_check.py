@@ -35,13 +35,11 @@ import time
 from pathlib import Path
 
 # Runnable as `python scripts/gpu_train_check.py` from a checkout where turbo_ds is not installed.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from turbo_ds.models import PartialMAE, TurboModel, create_model  # noqa: E402
-from turbo_ds.models.flops import step_flops  # noqa: E402
+from turbo_ds.models import PartialMAE, TurboModel, create_model
+from turbo_ds.models.flops import step_flops
 
 GPU = dict(model="vit_base_patch16", frames=16, img_size=224, batch_size=8, steps=60, warmup=5)
 TINY = dict(model="vit_debug", frames=4, img_size=32, batch_size=8, steps=30, warmup=3)

@@ -12,12 +12,9 @@ preempted or the sweep got SIGTERM / SIGUSR1: rerun it to resume), 130 (Ctrl-C).
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from turbo_ds.cli import run_cli  # noqa: E402
-from turbo_ds.sweep.cli import main  # noqa: E402
+from turbo_ds.cli import run_cli
+from turbo_ds.sweep.cli import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

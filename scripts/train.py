@@ -13,12 +13,9 @@ docs/training.md.
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from turbo_ds.cli import run_cli  # noqa: E402
-from turbo_ds.trainer import main  # noqa: E402
+from turbo_ds.cli import run_cli
+from turbo_ds.trainer import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

@@ -14,6 +14,8 @@ from pathlib import Path
 import yaml
 
 from turbo_ds.engine.distributed import free_port
+from turbo_ds.measure import launch as launching
+from turbo_ds.measure.launch import LAUNCH_ENV_KEYS
 
 __all__ = [
     "LAUNCH_ENV_KEYS",
@@ -32,22 +34,12 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-LAUNCH_ENV_KEYS = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "LOCAL_WORLD_SIZE",
-    "MLFLOW_TRACKING_URI",
-)
 STEPS = 8
 
 
 def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_KEYS}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
+    """This environment without a launcher's variables, with the repo on PYTHONPATH."""
+    return launching.clean_env(PYTHONPATH=str(ROOT))
 
 
 def tiny_config(data_dir: Path, out_dir: Path, **sections) -> dict:
@@ -85,25 +77,9 @@ def launch(
     args: list[str], nprocs: int, timeout: int = 300, launcher: str = "torchrun"
 ) -> subprocess.CompletedProcess:
     """``python args`` on one process, or on ``nprocs`` local ranks under ``launcher``: torchrun (quicker
-    to start: one process importing torch, where deepspeed's runner and its per-node launcher each
-    import DeepSpeed) or ``"deepspeed"``, the README's launcher, which the reference run
-    (conftest.run_a), tests/test_launchers.py, tests/test_exits.py and the preemption test use."""
-    port = str(free_port())
-    if nprocs > 1 and launcher == "deepspeed":
-        cmd = [PY, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nprocs), "--master_port", port, *args]
-    elif nprocs > 1:
-        cmd = [
-            PY,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(nprocs),
-            "--master_port",
-            port,
-            *args,
-        ]
-    else:
-        cmd = [PY, *args]
+    to start) or ``"deepspeed"``, the README's launcher, which the reference run (conftest.run_a),
+    tests/test_launchers.py, tests/test_exits.py and the preemption test use."""
+    cmd = launching.launch_command(args, nprocs, free_port(), launcher)
     proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(

@@ -21,6 +21,7 @@ from helpers import LAUNCH_ENV_KEYS, ROOT, write_config
 
 from turbo_ds.cli import run_cli
 from turbo_ds.config import ConfigError, load_config
+from turbo_ds.measure.launch import TRAIN_SCRIPT
 from turbo_ds.sweep import cli, run, spec
 from turbo_ds.sweep.grid import check_keys, combinations, parse_grid, slug, yaml_inline
 from turbo_ds.sweep.launch import SweepSignals, runs_script
@@ -147,10 +148,10 @@ def test_plan_is_deterministic_and_gives_each_run_the_sweeps_settings(tmp_path, 
         "turbo_ds.sweep.pmae.enabled": "true",
     }
     cmd = s.command(c, master_port=12345)
-    assert cmd[1] == str(spec.TRAIN_SCRIPT) and cmd[-2:] == ["--resume", "latest"]
+    assert cmd[1] == str(TRAIN_SCRIPT) and cmd[-2:] == ["--resume", "latest"]
     two = spec.build(cfg, DS, grid, num_gpus=2, out=tmp_path / "sweeps").command(c, master_port=12345)
     assert two[1:8] == ["-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "12345"] + [
-        str(spec.TRAIN_SCRIPT)
+        str(TRAIN_SCRIPT)
     ]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     server = spec.build(cfg, DS, grid, out=tmp_path / "sweeps")

@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from turbo_ds.measure.launch import TRAIN_SCRIPT
 from turbo_ds.preemption import EXIT_PREEMPTED
 from turbo_ds.sweep.launch import Child, SweepSignals
-from turbo_ds.sweep.spec import TRAIN_SCRIPT, Combination, Sweep
+from turbo_ds.sweep.spec import Combination, Sweep
 
 SWEEP_FILE = "sweep.json"
 # (sweep, combination, signals) -> the run's exit status; the default launches its command.

@@ -10,16 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from turbo_ds.config import ConfigError, load_config
+from turbo_ds.measure.launch import launch_command, train_args
 from turbo_ds.sweep.grid import _UNSAFE, check_keys, combinations, parse_grid, slug, value_text, yaml_inline
 
 DEFAULT_OUT = "runs/sweeps"
-TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
 COMPARE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare.py"
 TAG_PREFIX = "turbo_ds.sweep"
 
@@ -100,17 +99,10 @@ class Sweep:
     def command(self, combo: Combination, master_port: int | None = None) -> list[str]:
         """One process runs as ``python scripts/train.py`` (no launcher to start, same trainer); more
         under the deepspeed launcher. ``--resume latest`` starts from scratch without a checkpoint."""
-        if self.num_gpus > 1:
-            port = str(master_port) if master_port is not None else "<free port>"
-            head = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(self.num_gpus)]
-            head += ["--master_port", port]
-        else:
-            head = [sys.executable]
-        args = [str(TRAIN_SCRIPT), "--config", str(self.config), "--ds_config", str(self.ds_config)]
-        for item in self.run_overrides(combo):
-            args += ["--set", item]
+        port = master_port if master_port is not None else "<free port>"
+        args = train_args(self.config, self.ds_config, self.run_overrides(combo))
         args += ["--resume", "latest"] + (["--debug"] if self.debug else [])
-        return head + args
+        return launch_command(args, self.num_gpus, port)
 
     def compare_command(self) -> str:
         import shlex
