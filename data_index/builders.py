@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import threading
@@ -99,7 +100,12 @@ def probe_stream(jobs: Iterable[tuple[str, bool] | None], workers: int = 0) -> I
         yield from (None if job is None else _probe(job) for job in jobs)
         return
     window: deque[Future | None] = deque()
-    with ProcessPoolExecutor(workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+    # spawn, not fork: a fork of a process with threads (a notebook's, a test session's: tqdm's
+    # monitor, MLflow's) can hang the child on a lock another thread held; the workers import little.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        workers, mp_context=spawn, initializer=_exit_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         for job in jobs:
             window.append(None if job is None else pool.submit(_probe, job))
             while len(window) > 32 * workers:
