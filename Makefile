@@ -3,7 +3,7 @@ PY     := .venv/bin/python
 PIP    := .venv/bin/pip
 STAMP  := .venv/.installed
 
-.PHONY: setup torchcodec test lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-data-web bench-index bench-train bench-vlp bench-frames bench-plan bench-align gpu-bundle gpu-check clean
+.PHONY: setup torchcodec test test-fast lint format demo demo-vlp demo-long demo-long-pretrain demo-sweep report-screenshot bench-model bench-data bench-data-web bench-index bench-train bench-vlp bench-frames bench-plan bench-align gpu-bundle gpu-check clean
 
 setup: $(STAMP) torchcodec
 
@@ -27,6 +27,10 @@ torchcodec: $(STAMP)
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The tests not marked slow (no multi-rank launches, no long runs): under 3 minutes, for the edit loop.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: setup
 	.venv/bin/ruff check .
