@@ -15,9 +15,9 @@ and why:
   model's size; the estimators leave them out. For a small model they are most of the memory
   (``ds_configs/zero2.json``'s 2e8 elements are 1.6 GB in fp32). ZeRO-1/2 allocate them at the first
   gradient hook of each backward and release them at its end (``setup_buckets`` /
-  ``_release_ipg_buffers``): they are not there at the optimizer step, except with ZeRO-1 on several
-  ranks, where the gradients of other ranks' partitions stay views of the bucket until the step frees
-  them. ZeRO-3 allocates its bucket with the optimizer and keeps it.
+  ``_release_ipg_buffers``; the gradients of other ranks' partitions, views of the bucket, go with
+  ``_clear_param_grad_only`` then): they are not there at the optimizer step. ZeRO-3 allocates its
+  bucket with the optimizer and keeps it.
 - **ZeRO-1 and stage 0**, which the estimators do not cover: ZeRO-1 keeps full 16-bit gradients
   (2 + 2 + 16 / N); stage 0 (DeepSpeed's bf16 optimizer) keeps everything on every rank (20).
 - **fp32 training** (what the CPU runs; DeepSpeedZeroOptimizer's path when the gradient dtype is
@@ -245,10 +245,6 @@ def _fp32_zero12(st: ModelStates, counts: ParamCounts, setup: StateSetup, bucket
                 {**buckets, "gradients (not yet reduced)": (psi - min(bucket, psi)) * s, name: in_part}
             )
             st.step_items[name] = in_part
-            if n > 1:  # other partitions' gradients stay views of the bucket until the step frees them
-                st.step_items["gradient buckets (views of other partitions' gradients)"] = sum(
-                    buckets.values()
-                )
         else:
             st.step_items["gradients"] = psi * s
     else:
