@@ -53,7 +53,10 @@ def is_usage_error(exc: BaseException) -> bool:
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    g = tb.tb_frame.f_globals if tb is not None else {}
+    module = g.get("__name__", "")
+    if module == "__main__" and g.get("__spec__") is not None:  # python -m turbo_ds.plan
+        module = g["__spec__"].name
     return module.split(".", 1)[0] in _OWN_PACKAGES
 
 

@@ -901,7 +901,7 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
     from turbo_ds.engine import distributed
     from turbo_ds.engine.engine import Engine, resolve_ds_config
     from turbo_ds.engine.export import ENCODER_PREFIX, consolidate, read_export
-    from turbo_ds.tasks import build_task, get_task_class
+    from turbo_ds.tasks import build_task, without_weight_files
     from turbo_ds.tracking import create_tracker, write_json
 
     args = build_eval_parser().parse_args(argv)
@@ -920,13 +920,11 @@ def eval_main(argv: list[str] | None = None) -> dict[str, float]:
     else:
         cfg = config_from_dict(apply_overrides(upgrade_stored_config(stored_cfg), args.overrides))
     # The weights come from the checkpoint: skip pretrained files, the decoder and checkpointing.
-    task_cls = get_task_class(cfg.task.name)
-    options = {**cfg.task.options, **dict.fromkeys(task_cls.weight_options, None)}
+    cfg = without_weight_files(cfg)
     cfg = dataclasses.replace(
         cfg,
-        model=dataclasses.replace(cfg.model, pretrained=None, activation_checkpointing="none"),
+        model=dataclasses.replace(cfg.model, activation_checkpointing="none"),
         pmae=dataclasses.replace(cfg.pmae, enabled=False),
-        task=dataclasses.replace(cfg.task, options=options),
         output_dir=args.output_dir or cfg.output_dir,
         data=dataclasses.replace(
             cfg.data,

@@ -295,6 +295,10 @@ class VideoIndex:
         self.index_path = resolve_index_path(index_path)
         _check_version(self.index_path)
         self.root = Path(root) if root is not None else self.index_path.parent
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"video root not found: {self.root} (the folder {self.index_path.name}'s relative paths resolve against)"
+            )
         self.split = split
         self._arrow_path = str(ensure_arrow_cache(self.index_path))
         self._table: pa.Table | None = None

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from turbo_ds.config import ConfigError
+from turbo_ds.cli import add_debug_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model core alone (torch AdamW, no DeepSpeed, synthetic clips): for machines without deepspeed",
     )
     p.add_argument("--steps", type=int, default=3, help="steps measured by --measure")
+    add_debug_flag(p)
     return p
 
 
@@ -108,6 +109,10 @@ def run(args) -> dict:
         out["fit"] = rep.to_dict()
     if args.measure:
         measured = measure(args, workload, device)
+        if skipped := measured.get("weights_not_loaded"):
+            print(
+                f"  note: measured with the model's own initialisation, not {', '.join(f'{k} ({v})' for k, v in skipped.items())}: memory does not depend on the weights' values"
+            )
         err = 100.0 * (result.total / measured["peak_bytes"] - 1)
         print(
             f"measured peak {measured['peak_bytes'] / 2**20:,.1f} MiB ({measured['method']}); predicted {result.total_mb:,.1f} MiB ({err:+.1f}%)"
@@ -137,13 +142,11 @@ def measure(args, workload, device: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"turbo_ds.plan: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """Exit status 0, or 2 for a config or input error (``turbo_ds: error: ...``, one line on stderr, as
+    the trainer prints it; ``--debug`` adds the traceback): see :mod:`turbo_ds.cli`."""
+    from turbo_ds.cli import run_cli
+
+    return run_cli(lambda a: run(build_parser().parse_args(a)), argv, process_group=False)
 
 
 if __name__ == "__main__":

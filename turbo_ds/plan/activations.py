@@ -19,6 +19,7 @@ gradients). The peak is the maximum of that walk. :func:`activation_timeline` re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from turbo_ds.plan.workload import Workload
@@ -110,15 +111,19 @@ def decoder_bytes(w: Workload) -> int:
 
 
 def activation_timeline(
-    w: Workload, block_param_bytes: list[int], after_blocks_param_bytes: int
+    w: Workload,
+    block_params: list[int],
+    after_blocks_params: int,
+    grad_bytes: Callable[[int], int] = lambda n: 0,
 ) -> StepActivations:
     """Itemised activation bytes at the peak of forward + backward, and the gradients alive then.
 
     Candidates: the start of backward (every saved tensor, the decoder's included) and each encoder
     block's backward (decoder and final norm freed, the gradients of later parameters allocated).
-    ``block_param_bytes[i]``: gradient bytes of encoder block ``i``'s parameters;
-    ``after_blocks_param_bytes``: gradient bytes of what backward reaches before the blocks (final
-    norm, head, Partial-MAE decoder)."""
+    ``block_params[i]``: trainable parameters of encoder block ``i``; ``after_blocks_params``: those
+    backward reaches before the blocks (final norm, head, Partial-MAE decoder); ``grad_bytes(n)``:
+    the gradient bytes alive once the gradients of ``n`` parameters exist
+    (:meth:`turbo_ds.plan.model_states.ModelStates.grads_in_backward`)."""
     c = w.vit
     b, s = w.batch_size, w.act_bytes
     n, d, m, L = w.seq_len, c.embed_dim, int(c.embed_dim * c.mlp_ratio), c.depth
@@ -132,18 +137,13 @@ def activation_timeline(
     kept = [block_input if ckpt[j] else saved for j in range(L)]
     always = input_bytes(w)
     label = "encoder blocks (saved for backward)"
-    candidates = [
-        (
-            {
-                **always,
-                label: sum(kept),
-                "final norm and pooling": head_bytes(w),
-                "Partial-MAE decoder": decoder_bytes(w),
-            },
-            L,
-            0,
-        )
-    ]
+    start = {
+        **always,
+        label: sum(kept),
+        "final norm and pooling": head_bytes(w),
+        "Partial-MAE decoder": decoder_bytes(w),
+    }
+    candidates = [(start, L, 0)]
     for i in reversed(range(L)):
         items = {
             **always,
@@ -151,7 +151,7 @@ def activation_timeline(
             "block in backward (recomputed)" if ckpt[i] else "block in backward": saved,
             "backward gradient buffers": extra,
         }
-        grads = after_blocks_param_bytes + sum(block_param_bytes[i + 1 :])
+        grads = grad_bytes(after_blocks_params + sum(block_params[i + 1 :]))
         candidates.append((items, i, grads))
     items, i, grads = max(candidates, key=lambda c: sum(c[0].values()) + c[2])
     return StepActivations(items, i, grads)

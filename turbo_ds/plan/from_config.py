@@ -12,11 +12,9 @@ import dataclasses
 import inspect
 from typing import Any
 
-import torch
-
 from turbo_ds.config import TrainConfig
 from turbo_ds.plan.model_states import StateSetup
-from turbo_ds.plan.params import ParamCounts, count_on_meta, count_params
+from turbo_ds.plan.params import ParamCounts, count_on_meta
 from turbo_ds.plan.workload import DecoderShape, Workload
 
 
@@ -73,41 +71,24 @@ def resolve_precision(ds: dict[str, Any], device: str) -> str:
     return "fp16" if (ds.get("fp16") or {}).get("enabled") is True else "fp32"
 
 
-def without_weight_files(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with no pretrained weights to load: counting needs shapes only (and the files may be
-    on another machine)."""
-    options = dict(cfg.task.options)
-    try:
-        from turbo_ds.tasks import get_task_class
-
-        for key in get_task_class(cfg.task.name).weight_options:
-            options.pop(key, None)
-    except Exception:  # noqa: BLE001 - an unknown task fails again, with its message, when built
-        pass
-    return dataclasses.replace(
-        cfg,
-        model=dataclasses.replace(cfg.model, pretrained=None),
-        task=dataclasses.replace(cfg.task, options=options),
-    )
-
-
 def param_counts(cfg: TrainConfig, notes: list[str]) -> ParamCounts:
-    """Counts of the whole task (meta device); the video model alone if the task cannot be built."""
-    cfg = without_weight_files(cfg)
-    try:
-        from turbo_ds.tasks import build_task
+    """Counts of the whole task (meta device; no weight file is read: counting needs shapes only, and
+    the files may be on another machine); the video model alone if the task cannot be built."""
+    from turbo_ds.tasks import build_task, without_weight_files
 
-        with torch.device("meta"):
-            return count_params(build_task(cfg))
+    try:
+        cfg = without_weight_files(cfg)
+        return count_on_meta(lambda: build_task(cfg), cfg.optim.layer_decay)
     except Exception as e:  # noqa: BLE001 - any reason the task cannot be built here
         from turbo_ds.tasks import build_model
 
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None))
         n = int(cfg.task.options.get("num_classes", 0) or 0)
         notes.append(
             f"task {cfg.task.name!r} could not be built here ({type(e).__name__}: {str(e)[:120]}); "
             f"counted the video model alone (head of {n} classes)"
         )
-        return count_on_meta(lambda: build_model(cfg, num_classes=n))
+        return count_on_meta(lambda: build_model(cfg, num_classes=n), cfg.optim.layer_decay)
 
 
 def plan_inputs(

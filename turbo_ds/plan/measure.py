@@ -31,6 +31,8 @@ class PeakMemory(contextlib.AbstractContextManager):
         self.baseline_bytes = int(baseline_bytes)
         self.peak_bytes = 0
         self.peak_since_mark_bytes = 0
+        self.phase_peaks: dict[str, int] = {}
+        """CPU only: the peak inside each :func:`phase` (its every occurrence), by name."""
         self._marked = False
         self.method = "cuda_max_memory_allocated" if self.device.type == "cuda" else "profiler_memory_events"
         self._prof = None
@@ -67,6 +69,9 @@ class PeakMemory(contextlib.AbstractContextManager):
         self._prof.__exit__(*exc)
         self.peak_bytes = self.baseline_bytes + peak_of_events(self._prof)
         self.peak_since_mark_bytes = self.baseline_bytes + peak_of_events(self._prof, after=MARK)
+        names = {e.name() for e in self._prof.profiler.kineto_results.events()}
+        for name in sorted(n.removeprefix(PHASE) for n in names if n.startswith(PHASE)):
+            self.phase_peaks[name] = self.baseline_bytes + peak_of_events(self._prof, within=PHASE + name)
         self._prof = None
 
     @property
@@ -75,26 +80,42 @@ class PeakMemory(contextlib.AbstractContextManager):
 
 
 MARK = "turbo_ds.plan.mark"
+PHASE = "turbo_ds.plan.phase."
 
 
-def peak_of_events(prof, after: str | None = None) -> int:
+@contextlib.contextmanager
+def phase(name: str):
+    """A named part of a measured region (a profiler range): on the CPU, :class:`PeakMemory` reports
+    the peak inside it, over all its occurrences, in ``phase_peaks[name]``."""
+    with torch.profiler.record_function(PHASE + name):
+        yield
+
+
+def peak_of_events(prof, after: str | None = None, within: str | None = None) -> int:
     """Maximum running sum of the CPU ``[memory]`` events of a finished profiler (bytes); with
-    ``after``, only from the last event of that name on (the sum still starts at the beginning)."""
+    ``after``, only from the last event of that name on; with ``within``, only inside the events of
+    that name (the sum always starts at the beginning: what was live when a range began counts)."""
     cpu = torch.autograd.DeviceType.CPU
     all_events = prof.profiler.kineto_results.events()
-    start = 0
+    ranges = [(0, float("inf"))]
     if after is not None:
         marks = [e.start_ns() for e in all_events if e.name() == after]
-        start = max(marks) if marks else 0
+        ranges = [(max(marks) if marks else 0, float("inf"))]
+    if within is not None:
+        ranges = sorted((e.start_ns(), e.end_ns()) for e in all_events if e.name() == within)
     events = sorted(
         (e.start_ns(), e.nbytes()) for e in all_events if e.name() == "[memory]" and e.device_type() == cpu
     )
     live = peak = 0
+    k = 0  # the first range that has not ended before the current event
     for t, nbytes in events:
-        if t >= start:
-            peak = max(peak, live)  # what was live when the region began counts too
+        while k < len(ranges) and ranges[k][1] < t:
+            k += 1
+        inside = k < len(ranges) and ranges[k][0] <= t
+        if inside:
+            peak = max(peak, live)  # what was live when the range began counts too
         live += nbytes
-        if t >= start:
+        if inside:
             peak = max(peak, live)
     return peak
 

@@ -2,25 +2,50 @@
 and ds_config) on ``world`` local processes, each counting its tensors from before anything is built
 (:class:`turbo_ds.plan.measure.PeakMemory`). ``peak_bytes`` is the peak during the steps (what the
 planner predicts); ``process_peak_bytes`` includes the setup (DeepSpeed's initialisation flattens and
-copies the parameters, a transient that matters only for tiny models). Evaluation, checkpoints and
-tracking are off.
+copies the parameters, a transient that matters only for tiny models). Python's garbage collector
+runs before each step (see :func:`rank_main`). Evaluation, checkpoints and
+tracking are off. Weight files (``model.pretrained``, a task's weight options) are not loaded: the
+model keeps its own initialisation (memory does not depend on the values) and the result names what was
+skipped (``weights_not_loaded``). A rank that stops on a config or input error (a missing index or video
+root: :func:`turbo_ds.cli.is_usage_error`) prints the trainer's one line, and :func:`measure_config`
+raises :class:`MeasureInputError` with it.
 
     python -m turbo_ds.plan.measure_run --config C --ds_config D [--set k=v] [--world N] [--steps 3]
 
-prints one ``MEASURED {json}`` line: the per-rank peaks and their maximum. Used by
+prints one ``MEASURED {json}`` line: the per-rank peaks and their maximum, and (on the CPU) the peaks
+inside the engine's backward (with the gradient reduction) and inside its optimizer step. Used by
 ``python -m turbo_ds.plan --measure``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
 import sys
 import tempfile
 
+from turbo_ds.cli import EXIT_USAGE, run_cli
+
 RESULT = "MEASURED "
+ERROR_PREFIX = "turbo_ds: error: "
+
+
+class MeasureInputError(ValueError):
+    """A measured rank stopped on a config or input error; the message is the one the trainer prints."""
+
+
+def in_phase(name: str, fn):
+    """``fn`` run inside :func:`turbo_ds.plan.measure.phase` ``name``."""
+    from turbo_ds.plan.measure import phase
+
+    def wrapped(*args, **kwargs):
+        with phase(name):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def rank_main(args) -> None:
@@ -30,17 +55,26 @@ def rank_main(args) -> None:
     from turbo_ds.config import load_config
     from turbo_ds.engine.distributed import device
     from turbo_ds.plan.measure import PeakMemory
+    from turbo_ds.tasks import weight_files, without_weight_files
 
     cfg = load_config(args.config, args.overrides)
+    skipped = weight_files(cfg)
+    cfg = without_weight_files(cfg)
     dev = device()
     with PeakMemory(dev) as mem:
         from turbo_ds.trainer import Trainer
 
         trainer = Trainer(cfg, args.ds_config)
+        for method, name in (("backward", "backward and reduction"), ("step", "optimizer step")):
+            setattr(trainer.engine, method, in_phase(name, getattr(trainer.engine, method)))
         batches = trainer._batches()
         trainer._apply_phase()
         mem.mark()  # the steps' peak, apart from DeepSpeed's initialisation transients
         for _ in range(args.steps):
+            # What a previous step left in reference cycles (DeepSpeed's gradient bucket, at times)
+            # lives until Python's collector runs, whose timing varies from run to run: collect it,
+            # so that the peak is the step's own tensors, the same in every run.
+            gc.collect()
             trainer._train_step(batches)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -52,6 +86,8 @@ def rank_main(args) -> None:
                 "peak_bytes": mem.peak_since_mark_bytes,
                 "process_peak_bytes": mem.peak_bytes,
                 "method": mem.method,
+                "phase_peak_bytes": mem.phase_peaks,
+                "weights_not_loaded": skipped,
             },
             f,
         )
@@ -110,6 +146,11 @@ def measure_config(
                 q.kill()
             raise RuntimeError(f"measurement did not finish in {timeout_s:.0f} s") from None
     failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
+    if any(code == EXIT_USAGE for _, code in failed):
+        # Rank 0 printed the trainer's one-line message (the others exit quietly with the same status).
+        lines = [ln for log in logs for ln in log.splitlines() if ln.startswith(ERROR_PREFIX)]
+        if lines:
+            raise MeasureInputError(lines[0][len(ERROR_PREFIX) :])
     if failed:
         tail = "\n".join(logs[failed[0][0]].splitlines()[-15:])
         raise RuntimeError(f"measurement rank {failed[0][0]} exited with {failed[0][1]}:\n{tail}")
@@ -122,12 +163,17 @@ def measure_config(
         "per_rank_bytes": [r["peak_bytes"] for r in ranks],
         "process_peak_bytes": max(r["process_peak_bytes"] for r in ranks),
         "method": ranks[0]["method"],
+        "phase_peak_bytes": {  # CPU only: the peak inside the engine's backward, and its step
+            k: max(r["phase_peak_bytes"].get(k, 0) for r in ranks) for k in ranks[0]["phase_peak_bytes"]
+        },
+        "weights_not_loaded": ranks[0]["weights_not_loaded"],
         "steps": steps,
         "world": world,
     }
 
 
 def main(argv: list[str] | None = None) -> None:
+    """A rank worker (``--rank-worker``, started by :func:`measure_config`) or the whole measurement."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--ds_config", required=True)
@@ -147,4 +193,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -13,12 +13,27 @@ and why:
 - **Gradient buckets.** With ``contiguous_gradients`` DeepSpeed allocates ``reduce_bucket_size``
   elements of the gradient dtype, twice with ``overlap_comm`` (double buffering), whatever the
   model's size; the estimators leave them out. For a small model they are most of the memory
-  (``ds_configs/zero2.json``'s 2e8 elements are 1.6 GB in fp32).
+  (``ds_configs/zero2.json``'s 2e8 elements are 1.6 GB in fp32). ZeRO-1/2 allocate them at the first
+  gradient hook of each backward and release them at its end (``setup_buckets`` /
+  ``_release_ipg_buffers``; the gradients of other ranks' partitions, views of the bucket, go with
+  ``_clear_param_grad_only`` then): they are not there at the optimizer step. ZeRO-3 allocates its
+  bucket with the optimizer and keeps it.
 - **ZeRO-1 and stage 0**, which the estimators do not cover: ZeRO-1 keeps full 16-bit gradients
   (2 + 2 + 16 / N); stage 0 (DeepSpeed's bf16 optimizer) keeps everything on every rank (20).
-- **fp32 training** (what the CPU runs): parameters and gradients are 4 bytes; ZeRO-1/2 still keep an
-  fp32 copy of the partition: ZeRO-2 holds 4 + 12 / N (copy 4, AdamW 8) through backward and its
-  4 / N gradient partition only around the step; ZeRO-1 4 + 4 (full gradients) + 12 / N.
+- **fp32 training** (what the CPU runs; DeepSpeedZeroOptimizer's path when the gradient dtype is
+  the model's): parameters and gradients are 4 bytes; ZeRO-1/2 keep an fp32 copy of the partition
+  (4 / N) and AdamW's moments (8 / N). The gradients of the parameters that overlap the rank's
+  partitions are copied into one buffer (``grads_in_partition``, the parameters counted whole:
+  :meth:`ParamCounts.in_partition`): ZeRO-2 allocates it at the first bucket reduction, during
+  backward; ZeRO-1 (``overlap_comm`` off) reduces after backward, moving ``param.grad`` into the
+  bucket and then into that buffer. At the step each parameter group's gradient views are flattened
+  into a new fp32 tensor (its partition) for the optimizer, one group at a time, while the buffer is
+  alive. ZeRO-3 flattens its gradient buffer's views per group the same way, in any precision.
+  Mixed-precision ZeRO-1/2 (fp32 gradient partitions built in place) and optimizer offload keep the
+  estimator's accounting: the CPU, where the planner is checked, runs neither.
+- **Stage 0 in fp32** (the engine with torch's AdamW): after backward the engine's all-reduce
+  (``buffered_allreduce_fallback``) flattens the gradients into chunks of 5e8 elements, on one rank
+  too: a second copy of every gradient for a moment.
 - **ZeRO-3 gathering**: DeepSpeed keeps gathered parameters while their reuse distance is under
   ``stage3_max_reuse_distance`` (default 1e9), up to ``stage3_max_live_parameters``: below a billion
   parameters every rank holds the whole 16-bit model during forward and backward, not just the
@@ -96,18 +111,38 @@ class StateSetup:
 
 @dataclass
 class ModelStates:
-    """``items``: bytes alive for the whole step (per rank); ``grad_bytes_per_param``: bytes per
-    trainable parameter of gradients that appear during backward in the model dtype (``param.grad``:
-    torch, stage 0 and ZeRO-1; ZeRO-2/3 copy them into buckets instead)."""
+    """One rank's model states over the step's three phases (see :func:`turbo_ds.plan.planner.plan`).
+
+    ``items``: bytes alive for the whole step; ``backward_items``: during backward only (ZeRO-1/2's
+    gradient buckets, gradients in flight); ``reduction_items``: the moment after backward when the
+    gradients are reduced and nothing of the activations is left (the peak of that phase);
+    ``step_items``: around the optimizer step (the gradients, DeepSpeed's flattened copy of a group's
+    gradient partition). During backward, gradients grow with the elements produced so far:
+    ``grad_bytes_per_param`` bytes each in ``param.grad`` (torch, stage 0, ZeRO-1), plus
+    ``partition_after`` = (elements, bytes): a buffer that exists once that many gradient elements
+    have been produced (fp32 ZeRO-2's gradient partition, allocated at the first bucket reduction)."""
 
     items: dict[str, int]
     grad_bytes_per_param: int
     step_items: dict[str, int] = field(default_factory=dict)
-    """Alive only around the optimizer step (e.g. fp32 ZeRO-2's reduced gradient partition)."""
+    backward_items: dict[str, int] = field(default_factory=dict)
+    reduction_items: dict[str, int] = field(default_factory=dict)
+    partition_after: tuple[int, int] | None = None
 
     @property
     def total(self) -> int:
         return sum(self.items.values())
+
+    def grads_in_backward(self, elements: int) -> int:
+        """Gradient bytes alive once backward has produced the gradients of ``elements`` parameters."""
+        extra = 0
+        if self.partition_after is not None and elements > self.partition_after[0]:
+            extra = self.partition_after[1]
+        return elements * self.grad_bytes_per_param + extra
+
+
+def _nonzero(d: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in d.items() if v}
 
 
 def model_states(counts: ParamCounts, setup: StateSetup) -> ModelStates:
@@ -115,7 +150,8 @@ def model_states(counts: ParamCounts, setup: StateSetup) -> ModelStates:
     psi, n = counts.trainable, setup.world
     s = BYTES[setup.precision]
     if setup.engine == "torch":
-        return ModelStates({"parameters": counts.total * s, "optimizer states (AdamW)": 2 * psi * s}, s)
+        items = {"parameters": counts.total * s, "optimizer states (AdamW)": 2 * psi * s}
+        return ModelStates(items, s, {"gradients": psi * s})
     mixed = s == 2
     items: dict[str, int] = {}
     stage = setup.stage
@@ -137,23 +173,86 @@ def model_states(counts: ParamCounts, setup: StateSetup) -> ModelStates:
     if stage >= 1 and not mixed:
         master = 4 * psi  # ZeRO-1/2/3 keep an fp32 copy of the partition even in fp32
     opt = 8 * psi
-    # fp32 gradients of the partition (in fp32 training ZeRO-2 reduces into the fp32 copy's gradient).
+    # fp32 gradients of the partition (fp32 ZeRO-1/2 keep theirs in the model dtype: below).
     grads32 = 4 * psi if mixed or stage == 3 else 0
     # ZeRO-2 keeps a 16-bit gradient partition besides the fp32 one; stage 0 and ZeRO-1 hold full
     # 16-bit gradients in param.grad (on the backward timeline); ZeRO-3 reduces straight into fp32.
     grads_model = 2 * psi if mixed and stage == 2 else 0
     part = 1 if stage == 0 else n
     # Offloaded states leave the GPU; on the CPU they stay in the memory being planned.
-    on_device = not setup.offload_optimizer or setup.device == "cpu"
+    offload = setup.offload_optimizer
+    on_device = not offload or setup.device == "cpu"
     items["fp32 master weights"] = master // part if on_device else 0
     items["optimizer states (AdamW)"] = opt // part if on_device else 0
     items["gradient partitions"] = (grads32 + grads_model) // part if on_device else 0
-    items["gradient buckets (DeepSpeed)"] = bucket_bytes(setup, psi)
+    buckets = {"gradient buckets (DeepSpeed)": bucket_bytes(setup, psi)}
     grad_pp = s if stage in (0, 1) else 0
-    step_items = {}
-    if not mixed and stage == 2:  # fp32: the reduced partition is built at the end of backward
-        step_items["gradient partition (fp32)"] = 4 * psi // n
-    return ModelStates({k: v for k, v in items.items() if v}, grad_pp, step_items)
+    st = ModelStates(_nonzero(items), grad_pp)
+    if stage == 3:
+        st.items.update(_nonzero(buckets))  # allocated with the optimizer, kept
+    else:
+        st.backward_items.update(_nonzero(buckets))  # from the first gradient hook to the end of backward
+    oversize = 0
+    if stage >= 2:
+        # Each gradient is allocated whole in the model dtype, then copied into a bucket and freed:
+        # the largest one (a text tower's token embedding, say) is a transient of its own; one
+        # larger than the bucket is reduced on its own.
+        bucket = int(setup.zero_key("reduce_bucket_size"))
+        oversize = sum(x for x in counts.trainable_sizes if x > bucket) * s
+        st.backward_items["gradients in flight"] = max(oversize, counts.largest_trainable * s)
+    largest_partition = max(counts.group_partitions(1 if stage == 0 else n), default=0)
+    if stage == 0:
+        st.step_items["gradients"] = psi * s
+        if not mixed:
+            # The engine's all-reduce after backward (buffered_allreduce_fallback) flattens the
+            # gradients into chunks of 5e8 elements (MEMORY_OPT_ALLREDUCE_SIZE), one rank or many.
+            flat = min(psi, ALLREDUCE_CHUNK + counts.largest_trainable) * s
+            st.reduction_items.update({"gradients": psi * s, "flattened gradients (all-reduce)": flat})
+    elif stage in (1, 2) and not mixed and not offload:
+        _fp32_zero12(st, counts, setup, buckets)
+    elif stage == 1:
+        st.step_items["gradients"] = psi * s  # param.grad, full, in the model dtype
+    if stage == 3 or (stage == 2 and (mixed or offload)):
+        st.step_items["gradients larger than the bucket"] = oversize  # kept to the step
+    if stage == 3 and not offload:
+        # _prepare_fp32_grad_for_sub_group flattens each group's views of the fp32 gradient buffer
+        # into a new tensor for the optimizer: one group's partition at a time.
+        st.step_items["flattened gradient partition (one group)"] = 4 * largest_partition
+    st.step_items = _nonzero(st.step_items)
+    return st
+
+
+ALLREDUCE_CHUNK = 500_000_000  # deepspeed.runtime.engine.MEMORY_OPT_ALLREDUCE_SIZE
+
+
+def _fp32_zero12(st: ModelStates, counts: ParamCounts, setup: StateSetup, buckets: dict[str, int]) -> None:
+    """fp32 ZeRO-1/2 without offload (DeepSpeedZeroOptimizer, the path the CPU runs): the gradients
+    of the parameters that overlap this rank's partitions are copied into one buffer in the model
+    dtype (``grads_in_partition``, allocated at the first bucket reduction); at the step each group's
+    gradient views are flattened into a new fp32 tensor for the optimizer, one group at a time, while
+    the buffer (freed with the last group's views) is still alive."""
+    psi, n, s = counts.trainable, setup.world, BYTES[setup.precision]
+    bucket = int(setup.zero_key("reduce_bucket_size"))
+    in_part = counts.in_partition(n) * s
+    contiguous = setup.zero_key("contiguous_gradients")
+    name = "gradient partition buffer"
+    if setup.stage == 1:
+        if contiguous:
+            # After backward (overlap_comm off) reduce_gradients moves param.grad into the bucket
+            # (freeing it) and, at the first reduction, allocates the partition buffer: the first
+            # bucket's worth of gradients has left param.grad by then, the rest has not.
+            st.reduction_items.update(
+                {**buckets, "gradients (not yet reduced)": (psi - min(bucket, psi)) * s, name: in_part}
+            )
+            st.step_items[name] = in_part
+        else:
+            st.step_items["gradients"] = psi * s
+    else:
+        if contiguous:
+            st.partition_after = (min(bucket, psi), in_part)  # allocated at the first reduction
+            st.reduction_items.update({**buckets, name: in_part})  # the last bucket, at the end of backward
+        st.step_items[name] = in_part
+    st.step_items["flattened gradient partition (one group)"] = 4 * max(counts.group_partitions(n))
 
 
 def bucket_bytes(setup: StateSetup, trainable: int) -> int:

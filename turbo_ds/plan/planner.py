@@ -1,9 +1,14 @@
 """The planner: a config (or a :class:`Workload`) in, the itemised per-rank peak out.
 
-peak = max(backward peak, optimizer-step peak), where
-- backward peak = model states alive for the whole step + the gradients produced so far + the
-  activations at the worst moment of backward (:func:`turbo_ds.plan.activations.activation_timeline`);
-- optimizer-step peak = model states + every gradient + the optimizer's temporaries.
+peak = max(backward peak, gradient-reduction peak, optimizer-step peak), where
+- backward peak = model states alive for the whole step + those alive during backward (ZeRO-1/2's
+  gradient buckets) + the gradients produced so far + the activations at the worst moment of
+  backward (:func:`turbo_ds.plan.activations.activation_timeline`);
+- gradient-reduction peak (after backward, activations freed) = model states + the reduction's
+  buffers (stage 0's flattened all-reduce, ZeRO-1/2's buckets and gradient partition buffer);
+- optimizer-step peak = model states + the gradients as the step holds them + DeepSpeed's flattened
+  copy of one group's gradient partition + the optimizer's temporaries.
+Each phase's items come from :func:`turbo_ds.plan.model_states.model_states`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ class MemoryPlan:
     setup: StateSetup
     counts: ParamCounts
     notes: list[str] = field(default_factory=list)
+    phases: dict[str, int] = field(default_factory=dict)
+    """Each phase's peak (bytes), the chosen one's included: backward, gradient reduction (where
+    the setup has one), optimizer step."""
 
     @property
     def total(self) -> int:
@@ -45,6 +53,7 @@ class MemoryPlan:
         return {
             "predicted_mb": round(self.total_mb, 2),
             "phase": self.phase,
+            "phases_mb": {k: round(v / MiB, 3) for k, v in self.phases.items()},
             "items_mb": {k: round(v / MiB, 3) for k, v in self.items.items()},
             "workload": {
                 "batch_size": w.batch_size,
@@ -68,15 +77,17 @@ class MemoryPlan:
 def optimizer_temporaries(counts: ParamCounts, setup: StateSetup, device: str) -> int:
     """AdamW's step temporaries: torch's AdamW computes ``sqrt(v) / c`` out of place, two tensors
     the size of what it updates at once: every parameter together on CUDA (the multi-tensor path),
-    one parameter at a time on the CPU, where DeepSpeed (ZeRO-1/2/3) hands it one flat partition.
-    DeepSpeed's FusedAdam (CUDA) and CPU Adam (offload) update in place."""
+    one tensor at a time on the CPU: a parameter (plain torch, stage 0) or, with ZeRO-1/2/3, one
+    parameter group's flat fp32 partition (DeepSpeed steps the groups one by one). DeepSpeed's
+    FusedAdam (CUDA) and CPU Adam (offload) update in place."""
     s = BYTES[setup.precision]
     if setup.engine == "torch":
-        return counts.trainable * s if device == "cuda" else 2 * max(counts.sizes, default=0) * s
+        return counts.trainable * s if device == "cuda" else 2 * counts.largest_trainable * s
     if device == "cuda" or setup.offload_optimizer:
         return 0
-    unit = counts.trainable // setup.world if setup.stage >= 1 else max(counts.sizes, default=0)
-    return 2 * unit * 4  # fp32 states
+    if setup.stage == 0:
+        return 2 * counts.largest_trainable * s
+    return 2 * max(counts.group_partitions(setup.world), default=0) * 4  # fp32 states
 
 
 def plan(
@@ -84,37 +95,32 @@ def plan(
 ) -> MemoryPlan:
     """The itemised peak of one rank (module docstring)."""
     states = model_states(counts, setup)
-    g = states.grad_bytes_per_param
-    acts = activation_timeline(workload, [n * g for n in counts.encoder_blocks], counts.after_blocks * g)
-    backward = {**states.items, **acts.items}
+    acts = activation_timeline(workload, counts.encoder_blocks, counts.after_blocks, states.grads_in_backward)
+    # ZeRO-1/2's buckets come with the first parameter gradient; which parameter backward reaches
+    # first depends on the task's graph (a text tower's logit scale, before anything is freed): counted
+    # at the start of backward too.
+    backward = {**states.items, **states.backward_items, **acts.items}
     if acts.grads_bytes:
         backward["gradients (so far in backward)"] = acts.grads_bytes
-    step = {**states.items, **states.step_items}
-    if setup.engine == "deepspeed" and setup.stage >= 2:
-        # Each gradient is allocated whole in the model dtype, then copied into a bucket and freed:
-        # the largest one (a text tower's token embedding, say) is a transient of its own; one larger
-        # than the bucket is reduced on its own and kept until the step.
-        s = BYTES[setup.precision]
-        bucket = int(setup.zero_key("reduce_bucket_size"))
-        oversize = sum(n for n in counts.trainable_sizes if n > bucket) * s
-        backward["gradients in flight"] = max(oversize, counts.largest_trainable * s)
-        if oversize:
-            step["gradients larger than the bucket"] = oversize
-    if g:
-        step["gradients"] = counts.trainable * g
-    tmp = optimizer_temporaries(counts, setup, workload.device)
-    if tmp:
-        step["optimizer step temporaries"] = tmp
-    step["input clips"] = acts.items.get("input clips", 0)
-    if sum(step.values()) > sum(backward.values()):
-        items, phase = step, "optimizer step"
-    else:
-        items, phase = (
+    # Alive after backward too: the batch (the loop holds it) and the cached position tables.
+    kept = {k: acts.items.get(k, 0) for k in ("input clips", "position tables (cached)")}
+    phases = [
+        (
             backward,
             f"backward (block {acts.peak_block})"
             if acts.peak_block < workload.vit.depth
             else "start of backward",
         )
+    ]
+    if states.reduction_items:
+        phases.append(({**states.items, **states.reduction_items, **kept}, "gradient reduction"))
+    step = {**states.items, **states.step_items}
+    tmp = optimizer_temporaries(counts, setup, workload.device)
+    if tmp:
+        step["optimizer step temporaries"] = tmp
+    phases.append(({**step, **kept}, "optimizer step"))
+    items, phase = max(phases, key=lambda p: sum(p[0].values()))  # the first of equal peaks
+    totals = {name.split(" (")[0]: sum(d.values()) for d, name in phases}
     return MemoryPlan(
-        {k: v for k, v in items.items() if v}, phase, workload, setup, counts, list(notes or [])
+        {k: v for k, v in items.items() if v}, phase, workload, setup, counts, list(notes or []), totals
     )

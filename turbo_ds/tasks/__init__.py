@@ -7,6 +7,8 @@ pretrained weights) that tasks wrap.
 
 from __future__ import annotations
 
+import dataclasses
+
 from turbo_ds.config import TrainConfig
 from turbo_ds.tasks.base import DataSpec, EvalSpec, Evaluator, MeanEvaluator, Task, TaskOutput
 from turbo_ds.tasks.registry import get_task_class, list_tasks, register_task
@@ -23,6 +25,8 @@ __all__ = [
     "get_task_class",
     "list_tasks",
     "register_task",
+    "weight_files",
+    "without_weight_files",
 ]
 
 
@@ -78,6 +82,26 @@ def build_model(cfg: TrainConfig, num_classes: int = 0, proj_dim: int | None = N
 def build_task(cfg: TrainConfig) -> Task:
     """The task ``cfg.task.name`` built from ``cfg`` (its options validated)."""
     return get_task_class(cfg.task.name).from_config(cfg)
+
+
+def weight_files(cfg: TrainConfig) -> dict[str, str]:
+    """The weight files ``cfg`` loads when its task is built: ``model.pretrained`` and the task's
+    :attr:`Task.weight_options` (e.g. ``task.text_checkpoint``) that are set, key -> path."""
+    files = {"model.pretrained": cfg.model.pretrained}
+    for key in get_task_class(cfg.task.name).weight_options:
+        files[f"task.{key}"] = cfg.task.options.get(key)
+    return {k: str(v) for k, v in files.items() if v}
+
+
+def without_weight_files(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with none of :func:`weight_files`: the task starts from the model's own initialisation
+    (evaluation, whose checkpoint holds the weights; the planner, which needs shapes only)."""
+    options = {**cfg.task.options, **dict.fromkeys(get_task_class(cfg.task.name).weight_options, None)}
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, pretrained=None),
+        task=dataclasses.replace(cfg.task, options=options),
+    )
 
 
 def __getattr__(name: str):  # lazy: importing turbo_ds.tasks does not build every task module
