@@ -11,12 +11,8 @@ the planner's prediction for the same config. A benchmark, not a test. The cases
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from turbo_ds.plan.bench import FIXED_CASES, markdown_table, random_cases, run_bench, summary  # noqa: E402
+from turbo_ds.plan.bench import FIXED_CASES, markdown_table, random_cases, run_bench, summary
 
 
 def main(argv=None) -> dict:
