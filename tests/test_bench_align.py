@@ -12,6 +12,8 @@ from bench_align_memory import main  # noqa: E402
 
 from turbo_ds.data.schema import VideoIndex  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here launches training processes
+
 
 def test_long_align_set(tmp_path):
     from data_index.demo import generate_long_align

@@ -128,6 +128,7 @@ def rows_by_name(table) -> dict[str, dict]:
     return {row["run"]: row for row in table.rows}
 
 
+@pytest.mark.slow
 def test_table_values_against_the_drop0_baseline(sweep):
     table = sweep.table
     rows = rows_by_name(table)
@@ -341,6 +342,7 @@ def test_headline_defaults_per_task():
     ]
 
 
+@pytest.mark.slow
 def test_cli_exit_codes_without_torch(stores, tmp_path):
     # A torch that cannot be imported: compare must run without it (a laptop with mlflow + matplotlib).
     fake = tmp_path / "fake" / "torch"
@@ -371,6 +373,7 @@ def test_cli_exit_codes_without_torch(stores, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_compare_on_a_real_tiny_sweep(tiny_sweep, tmp_path):
     """scripts/sweep.py's runs (tests/conftest.py): one row per drop ratio, the varied key the only
     differing param, speed-up and memory ratio computed from what the runs logged, val/top1 headline."""

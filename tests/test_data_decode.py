@@ -283,6 +283,7 @@ def test_cuda_decoding_without_a_gpu_is_one_config_error():
         resolve("decord", "cuda")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_memory_bounded_over_many_videos(tmp_path, backend):
     paths = []

@@ -263,6 +263,7 @@ def test_workers_get_no_copy_of_the_index(tiny_demo, tmp_path):  # noqa: F811
     assert clone.index[123]["video_id"] == dl.dataset.index[123]["video_id"]
 
 
+@pytest.mark.slow
 def test_demo_is_deterministic(tiny_demo, tmp_path):  # noqa: F811
     from turbo_ds.data.decode import decode_frames
 
@@ -311,6 +312,7 @@ def test_loader_rank_shares_cover_the_split(tiny_demo):  # noqa: F811
     assert sorted(seen[0] + seen[1]) == list(range(8))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("persistent", [True, False])
 def test_a_script_with_a_live_loader_exits_at_once(tiny_demo, persistent):  # noqa: F811
     """Workers ignore SIGTERM (a scheduler's signal is the rank's to handle), which is what

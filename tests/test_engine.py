@@ -138,6 +138,7 @@ def two_rank_results(tmp_path_factory):
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)], out
 
 
+@pytest.mark.slow
 def test_two_ranks_agree_and_zero_stages_match(two_rank_results):
     (r0, r1), _ = two_rank_results
     assert r0["zero0"]["rank0"] and not r1["zero0"]["rank0"] and r0["zero0"]["world"] == 2

@@ -4,6 +4,7 @@ HTM-Align's every second of a video) for metrics that are the same without it.""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import yaml
 from helpers import ROOT, tiny_config
@@ -57,6 +58,7 @@ def _clip_encoder():
     return create_model("vit_debug", num_frames=4, pos_embed="learned", pool="mean")
 
 
+@pytest.mark.slow
 def test_every_evaluation_forward_of_every_task_runs_without_autograd(demo_data, tmp_path, monkeypatch):
     from turbo_ds import trainer
 

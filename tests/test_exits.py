@@ -13,6 +13,8 @@ from helpers import PY, ROOT, clean_env, free_port
 from turbo_ds.cli import EXIT_USAGE, is_usage_error, run_cli
 from turbo_ds.config import ConfigError
 
+pytestmark = pytest.mark.slow  # every test here launches training processes
+
 DEMO = ["--config", "configs/demo_classification.yaml", "--ds_config", "ds_configs/zero2.json"]
 ERR = "turbo_ds: error:"
 

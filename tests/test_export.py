@@ -13,6 +13,8 @@ import torch
 import yaml
 from helpers import STEPS, launch, summaries, write_config
 
+pytestmark = pytest.mark.slow  # every test here launches training processes
+
 
 @pytest.fixture
 def trained(run_a, tmp_path) -> Path:

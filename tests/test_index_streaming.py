@@ -240,6 +240,7 @@ print(json.dumps({"inode": os.stat(idx._arrow_path).st_ino, "rows": idx.table.co
 """
 
 
+@pytest.mark.slow
 def test_four_processes_opening_a_new_index_write_the_cache_once(tmp_path):
     rows = [
         {"video_id": f"v{i}", "path": f"v{i}.mp4", "split": "train", "num_frames": 10, "fps": 10.0}
@@ -316,6 +317,7 @@ def test_split_and_caption_pairs_are_vectorised_and_exact(tmp_path):
         assert [tuple(p) for p in ds._pairs.tolist()] == expected
 
 
+@pytest.mark.slow
 def test_sigkilled_build_resumes_at_once(tmp_path, monkeypatch):
     """A real kill -9 mid-build (2 probe workers): the next run resumes at once (the work folder's
     lock died with the build, its orphaned workers too) and probes only what was not finished."""

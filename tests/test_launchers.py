@@ -24,6 +24,8 @@ from helpers import PY, ROOT, clean_env, free_port, summaries, tiny_config, writ
 
 from turbo_ds.preemption import EXIT_PREEMPTED
 
+pytestmark = pytest.mark.slow  # every test here launches training processes
+
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
 STEPS = 4
 TIMEOUT = 240

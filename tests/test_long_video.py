@@ -198,6 +198,7 @@ def _two_stage_worker(rank: int, world: int, port: int, out_dir: str, weights: s
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
 
 
+@pytest.mark.slow
 def test_two_stage_encoder_is_frozen_under_deepspeed(tmp_path):
     torch.manual_seed(123)
     weights = tmp_path / "clip_encoder.pt"
@@ -236,6 +237,7 @@ def _long_config(data: Path, out: Path, task: dict, **sections) -> dict:
     )
 
 
+@pytest.mark.slow
 def test_long_video_trains_and_evaluates_every_mode(demo_data, tmp_path):
     out = tmp_path / "out"
     task = {
@@ -274,6 +276,7 @@ def test_long_video_trains_and_evaluates_every_mode(demo_data, tmp_path):
         assert got[f"eval_val_{mode}/loss"] == pytest.approx(final[f"val_{mode}/loss"], rel=1e-4), mode
 
 
+@pytest.mark.slow
 def test_two_stage_trains_on_the_same_data(demo_data, tmp_path):
     out = tmp_path / "out"
     weights = tmp_path / "clip_encoder.pt"
@@ -325,6 +328,7 @@ def test_pretrained_short_clip_model_starts_all_but_the_head(tmp_path):
         "coin_vitb16_turbo.yaml",
     ],
 )
+@pytest.mark.slow
 def test_long_video_configs_build_their_task(name):
     from turbo_ds.config import load_config
 

@@ -127,12 +127,14 @@ def test_peak_memory_counts_tensor_allocations():
     ],
     ids=["dense", "dense-ckpt-b3", "turbo-ckpt-pmae", "turbo0.9-pmae-wide"],
 )
+@pytest.mark.slow
 def test_planner_within_15_percent_of_a_measured_model_core_step(w):
     measured = probe(w)
     predicted = core_plan(w).total
     assert abs(predicted / measured - 1) < 0.15, (predicted / MiB, measured / MiB)
 
 
+@pytest.mark.slow
 def test_a_probe_is_a_fresh_process_and_its_errors_come_back():
     w = tiny_workload(drop=0.5, ckpt=True, pmae=True)
     first, again = measure_in_fresh_process(w), measure_in_fresh_process(w)
@@ -165,6 +167,7 @@ def measure_and_plan(demo_data, tmp_path, ds_name: str, zero: dict, model: dict)
     return measured, plan(*plan_inputs(cfg, fill_ds_config(ds, cfg, 1), 1, "cpu"))
 
 
+@pytest.mark.slow
 def test_planner_within_15_percent_of_a_measured_deepspeed_run(demo_data, tmp_path):
     """A real trainer step (ZeRO-2, small buckets so that activations and states matter)."""
     model = {"name": "vit_debug", "overrides": {"embed_dim": 96, "depth": 3, "num_heads": 3}}
@@ -270,6 +273,7 @@ def run_plan(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_answers_fits_and_does_not_fit(tmp_path):
     base = [
         "--config",

@@ -21,6 +21,8 @@ from turbo_ds.config import ConfigError, load_config
 from turbo_ds.preemption import EXIT_PREEMPTED, StopRequest, signal_number
 from turbo_ds.watchdog import EXIT_STALLED, StallWatchdog
 
+pytestmark = pytest.mark.slow  # every test here launches training processes
+
 TRAIN = ["scripts/train.py", "--ds_config", "ds_configs/zero2.json", "--config"]
 
 

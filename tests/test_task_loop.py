@@ -113,6 +113,7 @@ def _config(demo_data: Path, out: Path, task: dict) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_loop_runs_a_task_it_has_never_heard_of(demo_data, tmp_path, monkeypatch, capsys):
     from turbo_ds import trainer
 
@@ -164,6 +165,7 @@ def test_task_output_is_a_dict_deepspeed_can_walk():
     assert json.dumps(sorted(out)) == '["batch_size", "extras", "loss", "losses", "metrics"]'
 
 
+@pytest.mark.slow
 def test_data_wait_is_measured_and_a_data_bound_run_is_told_what_to_change(
     demo_data, tmp_path, monkeypatch, capsys
 ):

@@ -241,6 +241,7 @@ def test_one_open_clip_file_feeds_both_towers(tmp_path, clip):
         torch.testing.assert_close(text(tokens), encode(clip, tokens), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_vit_b16_text_tower_equals_encode_text():
     start = time.perf_counter()
     clip = open_clip.create_model("ViT-B-16", pretrained=None).eval()

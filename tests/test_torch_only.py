@@ -71,6 +71,7 @@ def run(args: list[str], env: dict[str, str], timeout: int = 120) -> subprocess.
     return proc
 
 
+@pytest.mark.slow
 def test_model_core_trains_with_torch_only(torch_only_env):
     code = textwrap.dedent(
         """
@@ -135,6 +136,7 @@ def test_model_core_trains_with_torch_only(torch_only_env):
     assert run(["-c", code], torch_only_env).stdout.strip().endswith("OK")
 
 
+@pytest.mark.slow
 def test_bench_model_runs_with_torch_only(torch_only_env, tmp_path):
     out = tmp_path / "bench.json"
     run(
@@ -168,6 +170,7 @@ def test_bench_model_gpu_preset_is_vitb16_bf16():
     assert cpu.precision == "fp32" and len(bench_model.configs(cpu)) == 20
 
 
+@pytest.mark.slow
 def test_gpu_train_check_tiny_with_torch_only(torch_only_env, tmp_path):
     out = tmp_path / "train_check.json"
     proc = run(["scripts/gpu_train_check.py", "--tiny", "--json", str(out)], torch_only_env)
@@ -179,6 +182,7 @@ def test_gpu_train_check_tiny_with_torch_only(torch_only_env, tmp_path):
     assert "PASSED" in proc.stdout
 
 
+@pytest.mark.slow
 def test_gpu_check_sh_without_gpu(tmp_path):
     """No GPU: environment facts, the GPU steps skipped, exit 0; a failing step is recorded, exit 1."""
     env = {**os.environ, "OUT": str(tmp_path / "ok"), "PYTHON": sys.executable}
@@ -224,6 +228,7 @@ def test_config_needs_only_the_standard_library():
     assert proc.stdout.strip() == "0.0003"
 
 
+@pytest.mark.slow
 def test_bench_frames_and_the_planner_run_with_torch_only(torch_only_env, tmp_path):
     """What scripts/gpu_check.sh runs on the GPU machine: bench_frames (its probes in subprocesses)
     and the planner on a config given as a dict (YAML is hidden here too)."""

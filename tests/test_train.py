@@ -17,6 +17,8 @@ from helpers import (
     write_config,
 )
 
+pytestmark = pytest.mark.slow  # every test here launches training processes
+
 
 def test_two_rank_zero2_loss_falls_and_ranks_agree(run_a):
     s0, s1 = summaries(run_a, 2)

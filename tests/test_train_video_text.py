@@ -16,6 +16,8 @@ from helpers import (
     write_config,
 )
 
+pytestmark = pytest.mark.slow  # every test here launches training processes
+
 STEPS = 4
 
 

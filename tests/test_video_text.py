@@ -340,6 +340,7 @@ class SoloComm:
         return [obj]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_seconds", [None, 5])
 def test_chunked_alignment_equals_one_forward(align_index, tmp_path, max_seconds):
     from turbo_ds.tasks.video_text import AlignmentEvaluator
