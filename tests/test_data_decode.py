@@ -24,7 +24,6 @@ from turbo_ds.config import ConfigError
 from turbo_ds.data import decode as dec
 from turbo_ds.data.backends import choice, pyav_decoder
 from turbo_ds.data.backends.choice import SPEED_ORDER, resolve
-from turbo_ds.data.backends.common import is_dense
 from turbo_ds.data.decode import DecodeError, decode_frames, probe_video
 
 
@@ -137,11 +136,21 @@ def test_pyav_scans_only_up_to_the_wanted_frames(cases, case, monkeypatch):
     assert scanned[-1] == len(ref) and np.array_equal(out, ref[[23, 22]])
 
 
-def test_density_rule():
-    keyframes = np.arange(0, 100, 10)
-    assert is_dense(np.arange(0, 100, 5), keyframes)  # 2 wanted frames per keyframe interval
-    assert not is_dense(np.arange(0, 100, 10), keyframes)  # one per interval: a seek saves decoding
-    assert not is_dense(np.array([3, 95]), keyframes) and not is_dense(np.array([4]), keyframes)
+def test_runs_decode_through_small_gaps_and_seek_over_large_ones():
+    from turbo_ds.data.backends.pyav_decoder import SEEK_FRAMES, _runs
+
+    keyframes = np.arange(0, 1000, 10)
+    dense = np.arange(0, 100, 5)  # 2 wanted frames per keyframe interval: one pass
+    assert [(k, w.tolist()) for k, w in _runs(dense, keyframes, None)] == [(0, dense.tolist())]
+    # four clips far apart (caption clips of one video, decoded together): a seek each
+    clips = np.concatenate([np.arange(s, s + 4) for s in (100, 400, 700, 950)])
+    assert [k for k, _ in _runs(clips, keyframes, None)] == [100, 400, 700, 950]
+    # one frame per interval, each right before the next keyframe: a gap of 0, decoded through
+    assert len(_runs(np.arange(9, 100, 10), keyframes, None)) == 1
+    # a gap just over SEEK_FRAMES frames to the next keyframe: a seek
+    assert [k for k, _ in _runs(np.array([0, 30]), np.array([0, 10, 20, 30]), None)] == [0, 30]
+    assert SEEK_FRAMES < 29
+    assert len(_runs(clips, keyframes, True)) == 1 and len(_runs(dense, keyframes, False)) == 10
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)

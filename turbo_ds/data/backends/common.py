@@ -29,13 +29,3 @@ def check_file(path: str) -> None:
 
 def clamp(indices, num_frames: int) -> np.ndarray:
     return np.clip(np.asarray(indices, dtype=np.int64), 0, max(0, num_frames - 1))
-
-
-def is_dense(wanted: np.ndarray, keyframes: np.ndarray) -> bool:
-    """Whether the sorted unique ``wanted`` frames are denser than the keyframes over their span
-    (``keyframes``: sorted frame numbers of the keyframes): then one sequential pass decodes no frame
-    the seeks would skip that is not needed anyway, and saves a seek and decoder flush per keyframe."""
-    if len(wanted) < 2:
-        return False
-    inside = np.count_nonzero((keyframes > wanted[0]) & (keyframes <= wanted[-1]))
-    return len(wanted) > inside + 1

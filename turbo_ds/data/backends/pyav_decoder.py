@@ -5,15 +5,15 @@ Frame i is the i-th frame in presentation order. One demux pass (packets only, n
 every frame's pts and where the keyframes are; frames are then found by pts, never by pts / fps (wrong
 on variable frame rate). The pass stops :data:`SCAN_MARGIN` packets past the last wanted frame when
 the caller knows the frame count, so a short clip near the start of a long video reads little of it. Sparse frames: a seek to each wanted frame's keyframe when it lies past the
-current one. Dense frames (more wanted frames than keyframes over their span, e.g. uniform sampling
-of hundreds of frames): one sequential pass. Only wanted frames are converted (and resized, in swscale).
+current one, except across a gap of a few frames, which is decoded through (dense frames, e.g.
+uniform sampling of hundreds of frames over a short-GOP video: one sequential pass). Only wanted frames are converted (and resized, in swscale).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from turbo_ds.data.backends.common import DecodeError, check_file, clamp, is_dense
+from turbo_ds.data.backends.common import DecodeError, check_file, clamp
 
 
 def _safe_decode(container, stream):
@@ -65,16 +65,34 @@ def frame_table(container, stream, limit: int | None = None) -> tuple[np.ndarray
     return pts_arr[order], keyframes, complete
 
 
-def _runs(wanted: np.ndarray, keyframes: np.ndarray, sequential: bool) -> list[tuple[int, np.ndarray]]:
-    """(keyframe to seek to, the wanted frames decoded from there): one run when sequential, else one
-    per keyframe interval holding wanted frames."""
+# A seek (and the decoder flush after it) costs about as much as decoding a few frames (~4 at 256p,
+# measured): decoding on across a gap of at most this many frames beats seeking over it.
+SEEK_FRAMES = 8
+
+
+def _runs(wanted: np.ndarray, keyframes: np.ndarray, sequential: bool | None) -> list[tuple[int, np.ndarray]]:
+    """(keyframe to seek to, the wanted frames decoded from there): one run per keyframe interval that
+    holds wanted frames; None merges a run into the one before when decoding on from that run's last
+    frame to the next keyframe skips at most ``SEEK_FRAMES`` frames (dense frames, e.g. hundreds
+    sampled uniformly over a short-GOP video, become one pass; clips far apart keep their seeks).
+    True: one run; False: never merged."""
     if len(keyframes) == 0 or keyframes[0] != 0:
         keyframes = np.concatenate([[0], keyframes]).astype(np.int64)  # a stream start is a seek point
     start = keyframes[np.searchsorted(keyframes, wanted, side="right") - 1]
     if sequential:
         return [(int(start[0]), wanted)]
     cuts = np.flatnonzero(np.diff(start)) + 1
-    return [(int(s[0]), w) for s, w in zip(np.split(start, cuts), np.split(wanted, cuts), strict=True)]
+    runs = [(int(s[0]), w) for s, w in zip(np.split(start, cuts), np.split(wanted, cuts), strict=True)]
+    if sequential is False:
+        return runs
+    merged = runs[:1]
+    for key, frames in runs[1:]:
+        first, previous = merged[-1]
+        if key - int(previous[-1]) - 1 <= SEEK_FRAMES:
+            merged[-1] = (first, np.concatenate([previous, frames]))
+        else:
+            merged.append((key, frames))
+    return merged
 
 
 def decode_pyav(
@@ -85,7 +103,7 @@ def decode_pyav(
     sequential: bool | None = None,
 ) -> np.ndarray:
     """(T, H, W, 3) uint8; ``size`` = (w, h) to resize to; ``sequential`` forces one pass (True) or a
-    seek per keyframe interval (False) instead of choosing by density."""
+    seek per keyframe interval (False) instead of choosing per gap (None, see ``_runs``)."""
     import av
 
     check_file(path)
@@ -105,8 +123,6 @@ def decode_pyav(
             raise DecodeError(path, "no-frames")
         idx = clamp(indices, min(n, len(pts)))
         wanted = np.unique(idx)
-        if sequential is None:
-            sequential = is_dense(wanted, keyframes)
         kw = {"format": "rgb24"}
         if size is not None:
             kw.update(width=int(size[0]), height=int(size[1]))
