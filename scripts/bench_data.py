@@ -411,7 +411,9 @@ def run_configs(configs: dict, args, argv) -> int:
             f"{r['clips_per_s_per_worker']:>8.2f} {sp:>8} {r['cores_per_gpu']:>9.0f}"
         )
     print(
-        f"cores/GPU: cores at this rate per core to feed {TURBO_VIT_B_CLIPS_PER_S} clips/s (Turbo ViT-B, one GPU)"
+        "vs ref: against the naive loader (classic) or today's decord path (web; grouped rows: the same "
+        f"backend clip by clip). cores/GPU: cores at this rate per core to feed {TURBO_VIT_B_CLIPS_PER_S} "
+        "clips/s (Turbo ViT-B, one GPU)"
     )
     meta = {
         "command": "python scripts/bench_data.py " + " ".join(argv if argv is not None else sys.argv[1:]),
