@@ -144,6 +144,26 @@ def _mil_accuracies(
     return {"v2t_acc": v2t_acc, "t2v_acc": t2v_acc}
 
 
+def _mil_scores(
+    v: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, gather: bool, scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(v2t, t2v, targets, rows) of the local rows against the global batch, invalid captions masked:
+    v2t (B, N, K) each local video against every global caption, t2v (B, K, N) each local caption
+    against every global video; times ``scale`` if given. ``targets``: each row's global column."""
+    b = v.shape[0]
+    v_all = all_gather_with_grad(v) if gather else v
+    t_all = all_gather_with_grad(t) if gather else t
+    mask_all = _gather_mask(mask) if gather else mask
+    neg_inf = torch.finfo(v.dtype).min  # finite: no inf - inf in the logsumexp backward
+    v2t = torch.einsum("be,nke->bnk", v, t_all)
+    t2v = torch.einsum("bke,ne->bkn", t, v_all)
+    if scale is not None:
+        v2t, t2v = scale * v2t, scale * t2v
+    v2t = v2t.masked_fill(~mask_all[None], neg_inf)
+    t2v = t2v.masked_fill(~mask[:, :, None], neg_inf)
+    return v2t, t2v, _targets(b, gather, v.device), torch.arange(b, device=v.device)
+
+
 def info_nce(
     video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, gather: bool = True
 ) -> dict[str, torch.Tensor]:
@@ -196,25 +216,15 @@ def mil_nce(
     local videos whose best global valid text is one of their captions; ``t2v_acc``: percent of samples
     whose first valid caption (the first caption when ``mask`` is None) ranks its video first.
     """
-    b, k, mask = _check_mil("mil_nce", video, text, mask)
-    v, t = _prepare(video), _prepare(text)
-    v_all = all_gather_with_grad(v) if gather else v
-    t_all = all_gather_with_grad(t) if gather else t
-    mask_all = _gather_mask(mask) if gather else mask
-    targets = _targets(b, gather, v.device)
-    rows = torch.arange(b, device=v.device)
-    neg_inf = torch.finfo(v.dtype).min  # finite: no inf - inf in the logsumexp backward
-
-    # v2t: (B, N, K) scores of each local video against every global caption.
-    logits_v2t = logit_scale * torch.einsum("be,nke->bnk", v, t_all)
-    logits_v2t = logits_v2t.masked_fill(~mask_all[None], neg_inf)
+    _, _, mask = _check_mil("mil_nce", video, text, mask)
+    logits_v2t, logits_t2v, targets, rows = _mil_scores(
+        _prepare(video), _prepare(text), mask, gather, logit_scale
+    )
+    # v2t: each local video against every global caption, its own K captions the positives.
     lse_all = torch.logsumexp(logits_v2t.flatten(1), dim=1)
     lse_pos = torch.logsumexp(logits_v2t[rows, targets], dim=1)
     loss_v2t = (lse_all - lse_pos).mean()
-
-    # t2v: (B, K, N) scores of each local caption against every global video.
-    logits_t2v = logit_scale * torch.einsum("bke,ne->bkn", t, v_all)
-    logits_t2v = logits_t2v.masked_fill(~mask[:, :, None], neg_inf)
+    # t2v: each local caption against every global video.
     lse_den = torch.logsumexp(logits_t2v.flatten(1), dim=1)
     lse_num = torch.logsumexp(logits_t2v[rows, :, targets], dim=1)
     loss_t2v = (lse_den - lse_num).mean()
@@ -247,19 +257,9 @@ def milnce_miech(
     log((A + B) / sqrt(A B)) >= log 2, A and B the sums of exponentials of the two halves. ``v2t_acc`` /
     ``t2v_acc`` as in :func:`mil_nce`, on the raw dot products.
     """
-    b, _, mask = _check_mil("milnce_miech", video, text, mask)
-    v, t = _upcast(video), _upcast(text)
-    v_all = all_gather_with_grad(v) if gather else v
-    t_all = all_gather_with_grad(t) if gather else t
-    mask_all = _gather_mask(mask) if gather else mask
-    targets = _targets(b, gather, v.device)
-    rows = torch.arange(b, device=v.device)
-    neg_inf = torch.finfo(v.dtype).min  # finite: no inf - inf in the logsumexp backward
-
-    # x[i, :, :] of each local clip i: (B, N, K) against every global caption.
-    v2t = torch.einsum("be,nke->bnk", v, t_all).masked_fill(~mask_all[None], neg_inf)
-    # x[:, i, :] of each local sample i: (B, K, N), every global clip against the captions of i.
-    t2v = torch.einsum("bke,ne->bkn", t, v_all).masked_fill(~mask[:, :, None], neg_inf)
+    _, _, mask = _check_mil("milnce_miech", video, text, mask)
+    # x[i, :, :] of each local clip i (v2t) and x[:, i, :] of each local sample i (t2v).
+    v2t, t2v, targets, rows = _mil_scores(_upcast(video), _upcast(text), mask, gather)
     numerator = torch.logsumexp(v2t[rows, targets], dim=1)
     denominator = torch.logsumexp(torch.cat([v2t.flatten(1), t2v.flatten(1)], dim=1), dim=1)
     loss = (denominator - numerator).mean()
