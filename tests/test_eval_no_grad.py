@@ -7,12 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from helpers import ROOT, tiny_config
+from helpers import LAUNCH_ENV_KEYS, ROOT, tiny_config
 
 from turbo_ds.tasks import Task
 from turbo_ds.tasks.registry import get_task_class, list_tasks
-
-LAUNCH_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
 
 
 def _task_configs(data, out, tmp_path) -> dict[str, dict]:

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import LAUNCH_ENV_KEYS
 
 from turbo_ds.config import ConfigError, config_from_dict
 from turbo_ds.tasks import DataSpec, EvalSpec, Task, TaskOutput, build_task, get_task_class, register_task
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCH_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
 
 
 @dataclass
