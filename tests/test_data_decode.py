@@ -315,3 +315,23 @@ def test_memory_bounded_over_many_videos(tmp_path, backend):
     gc.collect()
     growth_mb = (proc.memory_info().rss - before) / 2**20
     assert growth_mb < 25, f"RSS grew {growth_mb:.1f} MiB over 600 decodes: a reader is kept alive"
+
+
+@pytest.mark.parametrize("case", ["bframes", "mpeg4_bframes"])
+def test_pyav_skips_the_non_reference_frames_it_does_not_want(cases, case):
+    """Non-reference frames that are not wanted are not decoded (H.264 non-reference B-frames, MPEG-4
+    Part 2 B-frames); every wanted frame is still the reference's, reference frames among them."""
+    import av
+
+    path, ref = cases[case]
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        pts, _, _ = pyav_decoder.frame_table(container, stream)
+        container.seek(0, stream=stream)
+        everything = [f.pts for f in pyav_decoder.decoded_frames(container, stream)]
+        want = [0, 5, 9, 10, 17, 23]
+        container.seek(0, stream=stream)
+        some = [f.pts for f in pyav_decoder.decoded_frames(container, stream, {int(pts[i]) for i in want})]
+    assert everything == sorted(pts.tolist())
+    assert set(pts[want].tolist()) <= set(some) and len(some) < len(everything)  # skipped some
+    assert np.array_equal(pyav_decoder.decode_pyav(path, want, len(ref)), ref[want])  # same decoder: exact

@@ -17,7 +17,7 @@ from fractions import Fraction
 from turbo_ds.data.backends.choice import BACKENDS, resolve
 from turbo_ds.data.backends.common import DecodeError, check_file
 from turbo_ds.data.backends.decord_decoder import decode_decord
-from turbo_ds.data.backends.pyav_decoder import _safe_decode, decode_pyav
+from turbo_ds.data.backends.pyav_decoder import decode_pyav, decoded_frames
 from turbo_ds.data.backends.torchcodec_decoder import decode_torchcodec
 from turbo_ds.data.ffmpeg_log import FfmpegLog
 
@@ -87,7 +87,7 @@ def probe_video(path: str, exact: bool = True) -> VideoMeta:
             container.seek(last_key_pts, stream=stream, backward=True, any_frame=False)
             tail = 0
             last_idx = -1
-            for frame in _safe_decode(container, stream):
+            for frame in decoded_frames(container, stream):
                 tail += 1
                 last_idx = max(last_idx, _frame_index(frame.pts, tb, start, fps))
             n = min(n_packets, packets_before_last_key + tail)

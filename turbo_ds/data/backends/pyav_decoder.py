@@ -6,7 +6,9 @@ every frame's pts and where the keyframes are; frames are then found by pts, nev
 on variable frame rate). The pass stops :data:`SCAN_MARGIN` packets past the last wanted frame when
 the caller knows the frame count, so a short clip near the start of a long video reads little of it. Sparse frames: a seek to each wanted frame's keyframe when it lies past the
 current one, except across a gap of a few frames, which is decoded through (dense frames, e.g.
-uniform sampling of hundreds of frames over a short-GOP video: one sequential pass). Only wanted frames are converted (and resized, in swscale).
+uniform sampling of hundreds of frames over a short-GOP video: one sequential pass). Frames on the way
+that are neither wanted nor referenced by others are not decoded at all (``decoded_frames``). Only
+wanted frames are converted (and resized, in swscale).
 """
 
 from __future__ import annotations
@@ -16,19 +18,29 @@ import numpy as np
 from turbo_ds.data.backends.common import DecodeError, check_file, clamp
 
 
-def _safe_decode(container, stream):
-    """Decoded frames until the end or the first decoding error (a truncated or corrupt tail)."""
+def decoded_frames(container, stream, wanted_pts: set[int] | None = None):
+    """Decoded frames until the end or the first decoding error (a truncated or corrupt tail); with
+    ``wanted_pts``, frames that are neither wanted nor referenced by other frames are not decoded.
+
+    Before each packet the decoder is told to discard it if it is a non-reference frame (FFmpeg's
+    ``skip_frame = NONREF``: H.264/HEVC ``nal_ref_idc == 0`` pictures, MPEG-4 Part 2 B-frames) unless its
+    pts is wanted. No other frame depends on a non-reference frame, so every frame still decodes to
+    the same pixels; on web H.264 (B-frames, most of them non-reference) that is about half the frames
+    of a keyframe interval. Setting it per packet is sound because the decoder decides when it parses
+    that packet (no frame threading: PyAV's default is slice threading)."""
     import av
 
-    it = container.decode(stream)
-    while True:
-        try:
-            frame = next(it)
-        except StopIteration:
-            return
-        except av.error.FFmpegError:
-            return
-        yield frame
+    codec = stream.codec_context
+    try:
+        for packet in container.demux(stream):
+            p = _pts(packet)
+            wanted = wanted_pts is None or p is None or p in wanted_pts
+            codec.skip_frame = "DEFAULT" if wanted else "NONREF"
+            yield from codec.decode(packet)  # the empty flush packet at the end drains the decoder
+    except av.error.FFmpegError:
+        return
+    finally:
+        codec.skip_frame = "DEFAULT"
 
 
 # Packets demuxed past the last wanted frame before the frame order counts as settled: decoders reorder
@@ -155,7 +167,7 @@ def _decode_run(container, stream, pts: np.ndarray, start: int, run: np.ndarray,
         else:
             container.seek(int(pts[start]), stream=stream, backward=True, any_frame=False)
         first = None
-        for frame in _safe_decode(container, stream):
+        for frame in decoded_frames(container, stream, set(want)):
             p = _pts(frame)
             if p is None:
                 continue
