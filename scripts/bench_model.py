@@ -61,37 +61,29 @@ def run_config(cfg: dict) -> dict:
     """Build the model and optimizer, time `steps` steps after `warmup`, and measure peak memory."""
     import torch
 
-    from turbo_ds.engine.checkpointing import apply_activation_checkpointing
-    from turbo_ds.models import PartialMAE, TurboModel, create_model
+    from turbo_ds.measure.core_step import build_core, core_workload, mixed_precision, train_step
+    from turbo_ds.models import model_config
 
     torch.manual_seed(0)
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
-    encoder = create_model(
+    vit = model_config(
         cfg["model"], img_size=cfg["img_size"], num_frames=cfg["frames"], num_classes=400,
         drop_ratio=cfg["drop_ratio"], pos_embed="learned",
     )  # fmt: skip
-    pmae = PartialMAE.for_encoder(encoder, pmae_ratio=cfg["pmae_ratio"]) if cfg["pmae_ratio"] > 0 else None
-    model = TurboModel(encoder, pmae).to(device).train()
-    if cfg["checkpointing"] == "all":
-        apply_activation_checkpointing(model, "torch", None)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
+    workload = core_workload(
+        vit, cfg["batch_size"], cfg["pmae_ratio"], cfg["checkpointing"] == "all", device=device.type
+    )
+    model, opt = build_core(workload, device, lr=1e-4, weight_decay=0.05, fused=True)
     video = torch.randn(cfg["batch_size"], 3, cfg["frames"], cfg["img_size"], cfg["img_size"], device=device)
     labels = torch.randint(0, 400, (cfg["batch_size"],), device=device)
 
     # bf16: autocast over forward and loss; weights, gradients and AdamW state stay fp32.
-    bf16 = cfg.get("precision", "fp32") == "bf16"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    autocast = torch.bfloat16 if cfg.get("precision", "fp32") == "bf16" else None
 
     def step() -> None:
-        with autocast:
-            out = model(video)
-            loss = torch.nn.functional.cross_entropy(out.logits, labels)
-            loss = model.weighted_loss(loss, out)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, video, labels, autocast=autocast)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -122,7 +114,7 @@ def run_config(cfg: dict) -> dict:
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
     peak = max_rss_mb() if device.type == "cpu" else torch.cuda.max_memory_allocated() / 2**20
-    with autocast:
+    with mixed_precision(device.type, autocast):
         saved = saved_activations_mb(model, video) if cfg["checkpointing"] == "off" else None
     return {
         "step_times": times, "cpu_times": cpu_times, "peak_mem_mb": peak, "base_mem_mb": base,
