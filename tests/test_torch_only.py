@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from turbo_ds.measure import bench_model
+
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = (
     "deepspeed", "mlflow", "decord", "av", "open_clip", "pyarrow", "fairscale", "tqdm", "yaml", "numpy",
@@ -151,11 +153,6 @@ def test_bench_model_runs_with_torch_only(torch_only_env, tmp_path):
 
 
 def test_bench_model_gpu_preset_is_vitb16_bf16():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import bench_model
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
     args = bench_model.parse_args(["--preset", "gpu"])
     assert (args.models, args.frames, args.img_size, args.precision, args.device) == (
         ["vit_base_patch16"], 16, 224, "bf16", "cuda",
