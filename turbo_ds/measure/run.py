@@ -106,6 +106,7 @@ def measure_config(
 ) -> dict:
     """Run ``world`` rank processes of this module and collect their peaks (bytes)."""
     from turbo_ds.engine.distributed import free_port
+    from turbo_ds.measure.launch import rank_env
 
     out_dir = tempfile.mkdtemp(prefix="turbo_plan_measure_")
     overrides = list(overrides or []) + [
@@ -121,21 +122,18 @@ def measure_config(
     port = str(free_port())
     procs = []
     for rank in range(world):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            WORLD_SIZE=str(world),
-            LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(world),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-        )
         cmd = [sys.executable, "-m", "turbo_ds.measure.run", "--rank-worker", "--result-dir", out_dir]
         cmd += ["--config", config, "--ds_config", ds_config, "--steps", str(steps)]
         for o in overrides:
             cmd += ["--set", o]
         procs.append(
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            subprocess.Popen(
+                cmd,
+                env=rank_env(rank, world, port),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         )
     logs = []
     for p in procs:
