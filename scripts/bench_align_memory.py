@@ -1,6 +1,6 @@
 """Peak memory of an HTM-Align alignment evaluation against video length: seconds embedded in chunks
 (``task.align_chunk_seconds``) against every second in one forward, each measured in a fresh process
-(``turbo_ds.plan.measure_align``: resident set during the evaluation, decoding included). Writes long
+(``turbo_ds.measure.align``: resident set during the evaluation, decoding included). Writes long
 synthetic narrated videos and their HTM-Align indexes first (``data_index.demo.generate_long_align``).
 A benchmark, not a test.
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def run(work: Path, seconds: list[int], chunk_seconds: int, img_size: int) -> list[dict]:
     """Write the videos under ``work``, measure every (length, mode), print the table; the rows."""
     from data_index.demo import generate_long_align
-    from turbo_ds.plan.measure_align import measure_alignment
+    from turbo_ds.measure.align import measure_alignment
 
     indexes = generate_long_align(work / "data", seconds, size=img_size)
     rows = []

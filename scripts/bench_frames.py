@@ -6,7 +6,7 @@ fits in, for dense and Turbo settings, measured, with the planner's prediction b
 
 For every setting the frame count is searched on measurements alone (doubling, then bisection to
 ``--granularity`` frames): a frame count "fits" when the measured peak of its training step is at most
-the budget. Peaks are measured by ``turbo_ds.plan.measure.PeakMemory``: on the CPU torch's profiler
+the budget. Peaks are measured by ``turbo_ds.measure.memory.PeakMemory``: on the CPU torch's profiler
 memory events (every tensor allocation and free, summed: tensor memory only, counted from an empty
 start in a fresh subprocess per probe, independent of the planner's arithmetic); on a GPU the CUDA
 allocator's ``max_memory_allocated`` (probes in one process, reset between them). The planner's
@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 
+from turbo_ds.measure.core_step import build_model
+from turbo_ds.measure.probe import measure_in_fresh_process
 from turbo_ds.models.config import ViTConfig
 from turbo_ds.plan import DecoderShape, StateSetup, Workload, plan
 from turbo_ds.plan.params import count_on_meta
-from turbo_ds.plan.probe import build_core, measure_in_fresh_process
 
 MiB = 2**20
 PRESETS = {
@@ -89,7 +90,7 @@ def measure(w: Workload, device: str) -> dict:
     """One probe: the step's measured peak (and time); {"oom": True} when a GPU runs out."""
     if device == "cpu":  # the CPU count needs a process whose every allocation it sees
         return measure_in_fresh_process(w, device, steps=2)
-    from turbo_ds.plan.probe import measure_core_step
+    from turbo_ds.measure.probe import measure_core_step
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -135,7 +136,7 @@ def search(preset: dict, setting: Setting, budget: int, deadline: float, log) ->
 
 
 def predicted(w: Workload) -> int:
-    counts = count_on_meta(lambda: build_core(w, torch.device("meta")))
+    counts = count_on_meta(lambda: build_model(w, torch.device("meta")))
     return plan(w, counts, StateSetup("torch", precision=w.precision)).total
 
 

@@ -1,8 +1,8 @@
 """The planner against measured peaks on configs it was not tuned on: real trainer steps (task, data,
 DeepSpeed engine, ds_config) on 1 or 2 local CPU ranks, each measured by
-``turbo_ds.plan.measure_run`` (profiler memory events from an empty start; the steps' peak), beside
+``turbo_ds.measure.run`` (profiler memory events from an empty start; the steps' peak), beside
 the planner's prediction for the same config. A benchmark, not a test. The cases (fixed ones and
-``--random`` ones drawn with ``--seed``) live in ``turbo_ds.plan.bench``.
+``--random`` ones drawn with ``--seed``) live in ``turbo_ds.measure.bench_plan``.
 
     python scripts/bench_plan.py --json docs/bench_plan.json          # make bench-plan
     python scripts/bench_plan.py --only 7 12 --random 24              # some rows again
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from turbo_ds.plan.bench import FIXED_CASES, markdown_table, random_cases, run_bench, summary
+from turbo_ds.measure.bench_plan import FIXED_CASES, markdown_table, random_cases, run_bench, summary
 
 
 def main(argv=None) -> dict:

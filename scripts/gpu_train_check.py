@@ -34,11 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-# Runnable as `python scripts/gpu_train_check.py` from a checkout where turbo_ds is not installed.
 import torch
 import torch.nn.functional as F
 
-from turbo_ds.models import PartialMAE, TurboModel, create_model
+from turbo_ds.measure.core_step import build_core, core_workload, mixed_precision, train_step
+from turbo_ds.models import model_config
 from turbo_ds.models.flops import step_flops
 
 GPU = dict(model="vit_base_patch16", frames=16, img_size=224, batch_size=8, steps=60, warmup=5)
@@ -104,24 +104,24 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     templates = make_templates(args.classes, args.frames, args.img_size, gen).to(device)
-    encoder = create_model(
+    vit = model_config(
         args.model, img_size=args.img_size, num_frames=args.frames, num_classes=args.classes,
         drop_ratio=args.drop_ratio,
     )  # fmt: skip
-    pmae = (
-        PartialMAE.for_encoder(encoder, pmae_ratio=args.pmae_ratio, mae_weight=args.mae_weight)
-        if args.pmae_ratio > 0 and args.drop_ratio > 0
-        else None
+    workload = core_workload(vit, args.batch_size, args.pmae_ratio, device=device.type)
+    model, opt = build_core(
+        workload,
+        device,
+        lr=args.lr,
+        weight_decay=0.05,
+        fused=device.type == "cuda",
+        mae_weight=args.mae_weight,
     )
-    model = TurboModel(encoder, pmae).to(device).train()
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=args.lr, weight_decay=0.05, betas=(0.9, 0.999), fused=device.type == "cuda"
-    )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    autocast = torch.bfloat16 if args.precision == "bf16" else None
     flops = step_flops(
-        encoder.cfg, (args.batch_size, 3, args.frames, args.img_size, args.img_size), args.drop_ratio,
-        args.pmae_ratio if pmae is not None else 0.0,
+        vit, (args.batch_size, 3, args.frames, args.img_size, args.img_size), args.drop_ratio,
+        args.pmae_ratio if workload.decoder is not None else 0.0,
     )  # fmt: skip
 
     def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,20 +145,13 @@ def run(args: argparse.Namespace) -> dict:
         video, labels = batch()
         sync()
         start = time.perf_counter()
-        with autocast:
-            out = model(video)
-            cls_loss = F.cross_entropy(out.logits.float(), labels)
-            loss = model.weighted_loss(cls_loss, out)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        losses = train_step(model, opt, video, labels, autocast=autocast, max_grad_norm=1.0)
         sync()
         dt = time.perf_counter() - start
-        mae = out.mae_loss.detach().item() if out.mae_loss is not None else None
+        mae = losses.mae_loss.item() if losses.mae_loss is not None else None
         row = dict(
-            step=i + 1, loss=loss.detach().item(), cls_loss=cls_loss.detach().item(), mae_loss=mae,
-            grad_norm=float(grad_norm), lr=opt.param_groups[0]["lr"], step_s=dt,
+            step=i + 1, loss=losses.loss.item(), cls_loss=losses.cls_loss.item(), mae_loss=mae,
+            grad_norm=float(losses.grad_norm), lr=opt.param_groups[0]["lr"], step_s=dt,
         )  # fmt: skip
         steps.append(row)
         mae_s = f"{mae:8.4f}" if mae is not None else f"{'-':>8}"
@@ -170,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
     peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     # All tokens, no dropout: the accuracy on fresh clips (the eval path under the same precision).
     model.eval()
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), mixed_precision(device.type, autocast):
         video, labels = batch()
         eval_acc = float((model(video).logits.argmax(-1) == labels).float().mean())
 
@@ -184,8 +177,7 @@ def run(args: argparse.Namespace) -> dict:
         failures.append("a loss is not finite")
     if not last < first:
         failures.append(f"loss did not fall: mean of the last {q} steps {last:.4f} >= first {q} {first:.4f}")
-    cfg = encoder.cfg
-    tokens_total = (args.frames // cfg.tubelet_size) * (args.img_size // cfg.patch_size) ** 2
+    tokens_total = workload.tokens
     result = {
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "environment": environment(device),

@@ -2,15 +2,12 @@
 fresh process per mode, the chunked and one-forward rows agreeing on the metric."""
 
 import json
-import sys
-from pathlib import Path
+import subprocess
 
 import pytest
+from helpers import PY, ROOT
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from bench_align_memory import main  # noqa: E402
-
-from turbo_ds.data.schema import VideoIndex  # noqa: E402
+from turbo_ds.data.schema import VideoIndex
 
 pytestmark = pytest.mark.slow  # every test here launches training processes
 
@@ -31,20 +28,16 @@ def test_long_align_set(tmp_path):
 @pytest.mark.slow
 def test_bench_align_memory_rows(tmp_path):
     out = tmp_path / "bench.json"
-    main(
-        [
-            "--seconds",
-            "3",
-            "--chunk-seconds",
-            "2",
-            "--img-size",
-            "32",
-            "--work",
-            str(tmp_path),
-            "--json",
-            str(out),
-        ]
+    args = ["--seconds", "3", "--chunk-seconds", "2", "--img-size", "32", "--work", str(tmp_path)]
+    proc = subprocess.run(
+        [PY, "scripts/bench_align_memory.py", *args, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     chunked, whole = json.loads(out.read_text())["rows"]
     assert (chunked["mode"], chunked["items"], whole["mode"], whole["items"]) == (
         "chunked",

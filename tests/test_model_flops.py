@@ -1,10 +1,8 @@
 """Analytic FLOP count and the benchmark's ratio arithmetic (no timing here)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from turbo_ds.measure import bench_model as bench
 from turbo_ds.models import model_config
 from turbo_ds.models.flops import block_macs, step_flops
 
@@ -35,16 +33,7 @@ def test_dropout_and_pmae_counts():
     assert no_mae.train < turbo.train < step_flops(cfg, (1, 3, 16, 112, 112), 0.75, pmae_ratio=1.0).train
 
 
-@pytest.fixture(scope="module")
-def bench():
-    path = Path(__file__).parents[1] / "scripts" / "bench_model.py"
-    spec = importlib.util.spec_from_file_location("bench_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_grid_and_ratios(bench):
+def test_bench_grid_and_ratios():
     args = bench.parse_args(["--preset", "debug"])
     todo = bench.configs(args)
     assert len(todo) == 20  # 4 drops x 3 pmae x 2 ckpt, less pmae rows at drop 0 (nothing to reconstruct)

@@ -6,19 +6,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import tiny_config, write_config
 
+from turbo_ds.measure.core_step import build_model
+from turbo_ds.measure.memory import PeakMemory, live_tensor_bytes, phase
+from turbo_ds.measure.probe import measure_in_fresh_process, workload_to_json
 from turbo_ds.models.config import ViTConfig
 from turbo_ds.plan import DecoderShape, StateSetup, Workload, fit_report, parse_memory, plan
 from turbo_ds.plan.fit import largest
-from turbo_ds.plan.measure import PeakMemory, live_tensor_bytes, phase
 from turbo_ds.plan.model_states import deepspeed_estimate, states_without_buffers
 from turbo_ds.plan.params import ParamCounts, count_on_meta
-from turbo_ds.plan.probe import build_core, measure_in_fresh_process, workload_to_json
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 2**20
@@ -34,7 +36,7 @@ def tiny_workload(frames=16, drop=0.0, ckpt=False, pmae=False, batch=1, dim=64) 
 
 
 def core_plan(w: Workload):
-    counts = count_on_meta(lambda: build_core(w, torch.device("meta")))
+    counts = count_on_meta(lambda: build_model(w, torch.device("meta")))
     return plan(w, counts, StateSetup("torch", precision=w.precision))
 
 
@@ -140,7 +142,7 @@ def test_a_probe_is_a_fresh_process_and_its_errors_come_back():
     first, again = measure_in_fresh_process(w), measure_in_fresh_process(w)
     assert first["peak_bytes"] == again["peak_bytes"] > 0  # nothing carried over from the last probe
     # The same bytes as a process started from a shell, which imports everything itself.
-    cmd = [sys.executable, "-m", "turbo_ds.plan.probe", "--workload", workload_to_json(w)]
+    cmd = [sys.executable, "-m", "turbo_ds.measure.probe", "--workload", workload_to_json(w)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert json.loads(out.split("PROBE_RESULT ", 1)[1])["peak_bytes"] == first["peak_bytes"]
     with pytest.raises(RuntimeError, match="device"):
@@ -152,8 +154,8 @@ def measure_and_plan(demo_data, tmp_path, ds_name: str, zero: dict, model: dict)
     updated with ``zero``), measured over 2 trainer steps and planned: (measurement, plan)."""
     from turbo_ds.config import load_config
     from turbo_ds.engine.ds_config import fill_ds_config, load_ds_config
+    from turbo_ds.measure.run import measure_config
     from turbo_ds.plan.from_config import plan_inputs
-    from turbo_ds.plan.measure_run import measure_config
 
     ds = load_ds_config(ROOT / "ds_configs" / f"{ds_name}.json")
     ds["zero_optimization"].update(zero)
@@ -252,7 +254,7 @@ def test_largest_finds_the_boundary_of_a_monotone_predicate():
 
 def test_fit_report_on_a_workload_that_fits_and_one_that_does_not():
     w = tiny_workload(frames=16)
-    counts = count_on_meta(lambda: build_core(w, torch.device("meta")))
+    counts = count_on_meta(lambda: build_model(w, torch.device("meta")))
     setup = StateSetup("torch")
     need = plan(w, counts, setup).total
     ok = fit_report(w, counts, setup, need + MiB)
@@ -319,3 +321,34 @@ def test_parse_memory_forms():
     assert parse_memory("A100-80GB") == 80 * 2**30
     with pytest.raises(ValueError, match="unknown GPU memory size"):
         parse_memory("-3GB")
+
+
+# ---- the planner is prediction: torch only, no measurement, loop or deepspeed -------------------
+def test_the_planner_imports_no_measurement_loop_or_deepspeed():
+    """Every module of ``turbo_ds.plan`` (its command line too, whose ``--measure`` imports measurement
+    lazily) imported in a fresh interpreter, and a config planned: nothing of ``turbo_ds.measure``, the
+    training loop or deepspeed comes with it."""
+    code = textwrap.dedent(
+        """
+        import importlib, json, pkgutil, sys
+
+        import turbo_ds.plan
+        from turbo_ds.config import config_from_dict
+        from turbo_ds.engine.ds_config import fill_ds_config, load_ds_config
+
+        for m in pkgutil.iter_modules(turbo_ds.plan.__path__):
+            importlib.import_module(f"turbo_ds.plan.{m.name}")
+        from turbo_ds.plan.from_config import plan_inputs
+
+        cfg = config_from_dict({"token_dropout": {"drop_ratio": 0.75}, "pmae": {"enabled": True}})
+        ds = fill_ds_config(load_ds_config("ds_configs/zero2.json"), cfg, 2)
+        assert turbo_ds.plan.plan(*plan_inputs(cfg, ds, 2, "cpu")).total > 0
+        banned = ("turbo_ds.measure", "turbo_ds.loop", "turbo_ds.trainer", "deepspeed")
+        print(json.dumps(sorted(m for m in sys.modules if m.startswith(banned))))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

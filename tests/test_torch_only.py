@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from turbo_ds.measure import bench_model
+
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = (
     "deepspeed", "mlflow", "decord", "av", "open_clip", "pyarrow", "fairscale", "tqdm", "yaml", "numpy",
@@ -88,8 +90,8 @@ def test_model_core_trains_with_torch_only(torch_only_env):
 
         import turbo_ds
         from turbo_ds.config import ConfigError, TrainConfig, config_from_dict, load_config
-        from turbo_ds.engine.checkpointing import apply_activation_checkpointing
-        from turbo_ds.models import PartialMAE, TurboModel, create_model, token_dropout_indices
+        from turbo_ds.measure.core_step import build_core, core_workload, train_step
+        from turbo_ds.models import model_config, token_dropout_indices
         from turbo_ds.models.flops import step_flops
 
         # Config dataclasses and validation need no YAML; reading YAML says what is missing.
@@ -111,20 +113,17 @@ def test_model_core_trains_with_torch_only(torch_only_env):
         torch.manual_seed(0)
         keep, drop = token_dropout_indices(2, (2, 4, 4), 0.75)
         assert keep.shape == (2, 8) and drop.shape == (2, 24)
-        encoder = create_model("vit_debug", num_classes=4, drop_ratio=0.75)
-        model = TurboModel(encoder, PartialMAE.for_encoder(encoder, pmae_ratio=0.5)).train()
-        apply_activation_checkpointing(model, "torch", None)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        vit = model_config("vit_debug", num_classes=4, drop_ratio=0.75)
+        workload = core_workload(vit, 2, pmae_ratio=0.5, checkpointing=True)
+        model, opt = build_core(workload, lr=1e-3)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
         video, labels = torch.randn(2, 3, 4, 32, 32), torch.tensor([0, 3])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(video)
-            loss = model.weighted_loss(torch.nn.functional.cross_entropy(out.logits.float(), labels), out)
-        loss.backward()
-        assert math.isfinite(loss.item()) and out.mae_loss is not None
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-        assert not missing, missing
-        opt.step()
-        assert step_flops(encoder.cfg, tuple(video.shape), 0.75, 0.5).train > 0
+        losses = train_step(model, opt, video, labels, autocast=torch.bfloat16)
+        assert math.isfinite(losses.loss.item()) and losses.mae_loss is not None
+        # AdamW moves exactly the parameters that got a gradient: every one must have moved.
+        still = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
+        assert not still, still
+        assert step_flops(vit, tuple(video.shape), 0.75, 0.5).train > 0
         model.eval()
         with torch.no_grad():
             assert model(video).logits.shape == (2, 4)
@@ -154,11 +153,6 @@ def test_bench_model_runs_with_torch_only(torch_only_env, tmp_path):
 
 
 def test_bench_model_gpu_preset_is_vitb16_bf16():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import bench_model
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
     args = bench_model.parse_args(["--preset", "gpu"])
     assert (args.models, args.frames, args.img_size, args.precision, args.device) == (
         ["vit_base_patch16"], 16, 224, "bf16", "cuda",

@@ -517,7 +517,7 @@ class Trainer:
         """The first step of this process, its peak memory measured (the CUDA allocator; on the CPU
         the live tensors at its start plus the profiler's count during it) and logged beside the
         planner's prediction for this config (``memory/*``)."""
-        from turbo_ds.plan.measure import PeakMemory, live_tensor_bytes
+        from turbo_ds.measure.memory import PeakMemory, live_tensor_bytes
 
         dev = self.engine.device
         baseline = live_tensor_bytes() if dev.type == "cpu" else 0

@@ -69,6 +69,22 @@ def clean_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, 
     return env
 
 
+def rank_env(
+    rank: int, world: int, master_port: int | str, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """``base`` (default: this process's environment) with what a launcher gives rank ``rank`` of
+    ``world`` ranks on this machine: for processes started one per rank without a launcher."""
+    return {
+        **(os.environ if base is None else base),
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(rank),
+        "LOCAL_WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(master_port),
+    }
+
+
 def train_args(config: str | Path, ds_config: str | Path, sets: Sequence[str] = ()) -> list[str]:
     """``scripts/train.py --config C --ds_config D --set k=v ...``."""
     args = [str(TRAIN_SCRIPT), "--config", str(config), "--ds_config", str(ds_config)]

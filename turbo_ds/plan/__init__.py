@@ -4,9 +4,9 @@
                             [--json FILE] [--measure]
 
 Model states follow DeepSpeed's estimators (:mod:`turbo_ds.plan.model_states`), activations the
-saved-tensor accounting of :mod:`turbo_ds.plan.activations`; :mod:`turbo_ds.plan.measure` and
-:mod:`turbo_ds.plan.probe` / :mod:`turbo_ds.plan.measure_run` measure real steps to check them.
-Imports torch only (no deepspeed, no data libraries).
+saved-tensor accounting of :mod:`turbo_ds.plan.activations`. Prediction only: measuring real steps to
+check it is :mod:`turbo_ds.measure`'s (``--measure`` calls it lazily). Imports torch only (no
+deepspeed, no data libraries, no training loop).
 """
 
 from turbo_ds.plan.fit import FitReport, fit_report, parse_memory

@@ -131,10 +131,10 @@ def run(args) -> dict:
 def measure(args, workload, device: str) -> dict:
     """The real peak: the model core (``--core``) or the trainer's steps, in fresh processes."""
     if args.core:
-        from turbo_ds.plan.probe import measure_in_fresh_process
+        from turbo_ds.measure.probe import measure_in_fresh_process
 
         return measure_in_fresh_process(workload, device, args.steps)
-    from turbo_ds.plan.measure_run import measure_config
+    from turbo_ds.measure.run import measure_config
 
     return measure_config(
         args.config, args.ds_config or "ds_configs/zero0.json", args.overrides, args.world, args.steps

@@ -1,8 +1,8 @@
 """What one rank computes in one training micro step: the model's shape and the data's, nothing else.
 
-Both the planner's arithmetic (:mod:`turbo_ds.plan.activations`) and the measured probe
-(:mod:`turbo_ds.plan.probe`) take a :class:`Workload`, so a prediction and its measurement describe
-the same step by construction.
+Both the planner's arithmetic (:mod:`turbo_ds.plan.activations`) and the measured model core
+(:mod:`turbo_ds.measure.core_step`, :mod:`turbo_ds.measure.probe`) take a :class:`Workload`, so a
+prediction and its measurement describe the same step by construction.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 the task built from a config, the loader its alignment evaluation asks for, and the trainer's
 ``evaluate`` on a one-rank engine, as ``scripts/eval.py`` runs it.
 
-    python -m turbo_ds.plan.measure_align --config-json '{...}' [--ds_config D]
+    python -m turbo_ds.measure.align --config-json '{...}' [--ds_config D]
 
 prints one ``MEASURED {json}`` line. Memory is the process's resident set (RSS: the decoded frames,
 the batch, activations, everything), so set ``data.num_workers: 0`` to decode in the process that is
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -88,10 +87,10 @@ def measure_alignment(cfg_dict: dict, ds_config: str = ZERO0, timeout_s: float =
     """:func:`worker` in a fresh Python process (nothing of this one's memory counts), a world of its
     own: this process's rank variables and port (a process group of its own, say) are not inherited."""
     from turbo_ds.engine.distributed import free_port
+    from turbo_ds.measure.launch import rank_env
 
-    env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    cmd = [sys.executable, "-m", "turbo_ds.plan.measure_align", "--config-json", json.dumps(cfg_dict)]
+    env = rank_env(0, 1, free_port())
+    cmd = [sys.executable, "-m", "turbo_ds.measure.align", "--config-json", json.dumps(cfg_dict)]
     cmd += ["--ds_config", ds_config]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]

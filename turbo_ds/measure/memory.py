@@ -79,8 +79,8 @@ class PeakMemory(contextlib.AbstractContextManager):
         return self.peak_bytes / 2**20
 
 
-MARK = "turbo_ds.plan.mark"
-PHASE = "turbo_ds.plan.phase."
+MARK = "turbo_ds.measure.mark"
+PHASE = "turbo_ds.measure.phase."
 
 
 @contextlib.contextmanager

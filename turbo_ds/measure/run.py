@@ -1,6 +1,6 @@
 """Measure a real config: ``steps`` training steps of the trainer (its task, data, DeepSpeed engine
 and ds_config) on ``world`` local processes, each counting its tensors from before anything is built
-(:class:`turbo_ds.plan.measure.PeakMemory`). ``peak_bytes`` is the peak during the steps (what the
+(:class:`turbo_ds.measure.memory.PeakMemory`). ``peak_bytes`` is the peak during the steps (what the
 planner predicts); ``process_peak_bytes`` includes the setup (DeepSpeed's initialisation flattens and
 copies the parameters, a transient that matters only for tiny models). Python's garbage collector
 runs before each step (see :func:`rank_main`). Evaluation, checkpoints and
@@ -10,7 +10,7 @@ skipped (``weights_not_loaded``). A rank that stops on a config or input error (
 root: :func:`turbo_ds.cli.is_usage_error`) prints the trainer's one line, and :func:`measure_config`
 raises :class:`MeasureInputError` with it.
 
-    python -m turbo_ds.plan.measure_run --config C --ds_config D [--set k=v] [--world N] [--steps 3]
+    python -m turbo_ds.measure.run --config C --ds_config D [--set k=v] [--world N] [--steps 3]
 
 prints one ``MEASURED {json}`` line: the per-rank peaks and their maximum, and (on the CPU) the peaks
 inside the engine's backward (with the gradient reduction) and inside its optimizer step. Used by
@@ -38,8 +38,8 @@ class MeasureInputError(ValueError):
 
 
 def in_phase(name: str, fn):
-    """``fn`` run inside :func:`turbo_ds.plan.measure.phase` ``name``."""
-    from turbo_ds.plan.measure import phase
+    """``fn`` run inside :func:`turbo_ds.measure.memory.phase` ``name``."""
+    from turbo_ds.measure.memory import phase
 
     def wrapped(*args, **kwargs):
         with phase(name):
@@ -54,7 +54,7 @@ def rank_main(args) -> None:
 
     from turbo_ds.config import load_config
     from turbo_ds.engine.distributed import device
-    from turbo_ds.plan.measure import PeakMemory
+    from turbo_ds.measure.memory import PeakMemory
     from turbo_ds.tasks import weight_files, without_weight_files
 
     cfg = load_config(args.config, args.overrides)
@@ -106,6 +106,7 @@ def measure_config(
 ) -> dict:
     """Run ``world`` rank processes of this module and collect their peaks (bytes)."""
     from turbo_ds.engine.distributed import free_port
+    from turbo_ds.measure.launch import rank_env
 
     out_dir = tempfile.mkdtemp(prefix="turbo_plan_measure_")
     overrides = list(overrides or []) + [
@@ -121,21 +122,18 @@ def measure_config(
     port = str(free_port())
     procs = []
     for rank in range(world):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            WORLD_SIZE=str(world),
-            LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(world),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-        )
-        cmd = [sys.executable, "-m", "turbo_ds.plan.measure_run", "--rank-worker", "--result-dir", out_dir]
+        cmd = [sys.executable, "-m", "turbo_ds.measure.run", "--rank-worker", "--result-dir", out_dir]
         cmd += ["--config", config, "--ds_config", ds_config, "--steps", str(steps)]
         for o in overrides:
             cmd += ["--set", o]
         procs.append(
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            subprocess.Popen(
+                cmd,
+                env=rank_env(rank, world, port),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         )
     logs = []
     for p in procs:

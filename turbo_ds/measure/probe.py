@@ -1,12 +1,12 @@
 """Measure a real training step of the model core (torch only): the planner's ground truth.
 
 ``measure_core_step(workload, device)`` builds the encoder (+ Partial-MAE, + a classifier head) the
-workload describes, runs ``steps`` full training steps (forward, backward, AdamW step) on synthetic
-clips, and returns the peak tensor memory of the whole process (model states included) measured by
-:class:`turbo_ds.plan.measure.PeakMemory`. No deepspeed, data loader or tracking is involved, so it
-runs on a bare GPU machine. :func:`measure_in_fresh_process` runs it in a new process, so that the
-measurement sees every allocation from an empty start (``python -m turbo_ds.plan.probe`` does the same
-from a shell).
+workload describes (:mod:`turbo_ds.measure.core_step`), runs ``steps`` full training steps (forward,
+backward, AdamW step) on synthetic clips, and returns the peak tensor memory of the whole process
+(model states included) measured by :class:`turbo_ds.measure.memory.PeakMemory`. No deepspeed, data
+loader or tracking is involved, so it runs on a bare GPU machine. :func:`measure_in_fresh_process`
+runs it in a new process, so that the measurement sees every allocation from an empty start
+(``python -m turbo_ds.measure.probe`` does the same from a shell).
 """
 
 from __future__ import annotations
@@ -23,55 +23,19 @@ from pathlib import Path
 
 import torch
 
-from turbo_ds.plan.measure import PeakMemory
+from turbo_ds.measure.core_step import build_core, train_step
+from turbo_ds.measure.memory import PeakMemory
 from turbo_ds.plan.workload import DecoderShape, Workload
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def build_core(workload: Workload, device: torch.device):
-    """The TurboModel of ``workload`` in its precision on ``device`` (checkpointing applied)."""
-    from turbo_ds.models import PartialMAE, TurboModel, VideoViT
-
-    encoder = VideoViT(workload.vit)
-    if workload.checkpoint_blocks:
-        from torch.utils.checkpoint import checkpoint
-
-        encoder.set_checkpointing(
-            lambda blk, x: checkpoint(blk, x, use_reentrant=False), workload.checkpoint_blocks
-        )
-    pmae = None
-    if workload.decoder is not None:
-        d = workload.decoder
-        pmae = PartialMAE.for_encoder(
-            encoder,
-            decoder_dim=d.dim,
-            decoder_depth=d.depth,
-            decoder_heads=d.heads,
-            mlp_ratio=d.mlp_ratio,
-            pmae_ratio=d.pmae_ratio,
-        )
-    return TurboModel(encoder, pmae).to(device=device, dtype=DTYPES[workload.precision])
 
 
 def synthetic_batch(workload: Workload, device: torch.device, generator: torch.Generator):
+    """Random clips and labels of the workload's shape, drawn from ``generator`` (on the CPU, then moved)."""
     c = workload.vit
     video = torch.randn(
         workload.batch_size, c.in_chans, c.num_frames, c.img_size, c.img_size, generator=generator
     ).to(device)
     labels = torch.randint(0, max(1, c.num_classes), (workload.batch_size,), generator=generator).to(device)
     return video, labels
-
-
-def train_step(model, optimizer, video, labels) -> float:
-    out = model(video)
-    loss = torch.nn.functional.cross_entropy(out.logits.float(), labels)
-    if out.mae_loss is not None:
-        loss = loss + out.mae_loss.float()
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
 
 
 def measure_core_step(workload: Workload, device: str | torch.device = "cpu", steps: int = 2) -> dict:
@@ -83,15 +47,13 @@ def measure_core_step(workload: Workload, device: str | torch.device = "cpu", st
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     with PeakMemory(device) as mem:
-        model = build_core(workload, device)
-        model.train()
-        model.encoder.set_drop_ratio(workload.drop_ratio)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        model, optimizer = build_core(workload, device)
         video, labels = synthetic_batch(workload, device, gen)
         times, loss = [], float("nan")
         for _ in range(steps):
             t0 = time.perf_counter()
-            loss = train_step(model, optimizer, video, labels)
+            # Read at once: no step's losses live on into the next step's peak.
+            loss = float(train_step(model, optimizer, video, labels).loss)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)

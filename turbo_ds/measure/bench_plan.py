@@ -1,7 +1,7 @@
 """The planner against measured peaks of real trainer steps on configs it was not tuned on (the logic
 of ``scripts/bench_plan.py``): fixed cases, and cases drawn at random (seeded) over models, frames,
 resolutions, micro batches, ZeRO stages, world sizes, bucket sizes, drop ratios, checkpointing and
-tasks. Each case is measured by :func:`turbo_ds.plan.measure_run.measure_config` (every rank in its own
+tasks. Each case is measured by :func:`turbo_ds.measure.run.measure_config` (every rank in its own
 process, from an empty start; the steps' peak) and predicted by the planner for the same config.
 """
 
@@ -129,8 +129,8 @@ def run_case(case: Case, tmp: Path, steps: int = 2, repeats: int = 3) -> dict[st
     live to the end (the lowest run is the one that missed fewest frees)."""
     from turbo_ds.config import load_config
     from turbo_ds.engine.ds_config import fill_ds_config, load_ds_config
+    from turbo_ds.measure.run import measure_config
     from turbo_ds.plan.from_config import plan_inputs
-    from turbo_ds.plan.measure_run import measure_config
     from turbo_ds.plan.planner import plan
 
     ds_path = ds_config_path(case.ds_config, tmp)
