@@ -24,11 +24,9 @@ import math
 from dataclasses import dataclass, field
 
 from turbo_ds.compare.runs import Run
+from turbo_ds.tracking import HEADLINE_TAG, TASK_TAG
 
-# The tags every run gets (turbo_ds.task, turbo_ds.headline); older runs fall back to DEFAULT_HEADLINE.
-HEADLINE_TAG = "turbo_ds.headline"
-TASK_TAG = "turbo_ds.task"
-VARIED_TAG = "turbo_ds.sweep.varied"
+# Runs logged before the turbo_ds.headline tag existed fall back to DEFAULT_HEADLINE.
 DROP_RATIO = "token_dropout.drop_ratio"
 # Each task's headline metrics without their eval prefix (turbo_ds/tasks/*: Task.headline less the losses),
 # copied so that compare needs no torch; matched against every eval prefix a run logged.
