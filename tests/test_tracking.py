@@ -14,7 +14,7 @@ def test_non_zero_rank_and_disabled_are_noops(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_store_is_the_configured_one_else_the_environments_else_sqlite_under_output_dir(tmp_path, monkeypatch):
+def test_store_is_configured_else_env_else_sqlite_under_output_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert store_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert configured_store() is None

@@ -50,9 +50,7 @@ def sweep_value_tag(key: str) -> str:
     return f"turbo_ds.sweep.{key}"
 
 
-def configured_store(
-    configured: str | None = None, env: Mapping[str, str] = os.environ
-) -> str | None:
+def configured_store(configured: str | None = None, env: Mapping[str, str] = os.environ) -> str | None:
     """The store a user chose: ``configured`` (``tracking.tracking_uri``, a ``--tracking-uri``), else
     ``$MLFLOW_TRACKING_URI``; None when neither is set (the caller's default store applies).
 
@@ -68,9 +66,7 @@ def local_store(folder: str | Path) -> str:
     return f"sqlite:///{Path(folder).resolve() / 'mlflow.db'}"
 
 
-def store_uri(
-    folder: str | Path, configured: str | None = None, env: Mapping[str, str] = os.environ
-) -> str:
+def store_uri(folder: str | Path, configured: str | None = None, env: Mapping[str, str] = os.environ) -> str:
     """The store a run (or a sweep) in ``folder`` logs to: :func:`configured_store`, else
     :func:`local_store` of ``folder``."""
     return configured_store(configured, env) or local_store(folder)

@@ -79,7 +79,9 @@ def table(rows: list[dict], summary: dict, margin: float, setup: str) -> str:
         "| setting | drop | wall (s) | train (s) | clips/s | t2v R@1 (%) | v2t R@1 (%) | align R@1 (%) | align ROC-AUC | "
         + " | ".join(f"train s to {m} target" for m in metrics)
         + " |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in metrics) + " |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+        + " | ".join("---:" for _ in metrics)
+        + " |",
     ]
     for r in rows:
         f = r["final"]
