@@ -91,3 +91,29 @@ def test_headline_tag_names_the_final_evaluations_metrics():
     ]
     final = {"val/t2v_r1": 10.0, "align/align_r1": 50.0, "val/loss": 1.0}
     assert Trainer.headline_metrics(trainer, available=final) == ["val/t2v_r1", "align/align_r1"]
+
+
+def test_tag_names_are_written_only_in_tracking():
+    """Every tag name is a constant of turbo_ds.tracking, used where a tag is written and where it is
+    read: no string constant elsewhere in the package spells one."""
+    import ast
+
+    from helpers import ROOT
+
+    from turbo_ds import tracking
+
+    names = {v for k, v in vars(tracking).items() if k.endswith("_TAG")}
+    assert {"turbo_ds.task", "turbo_ds.headline", "turbo_ds.sweep_id"} <= names
+    # trainer.py is being moved into turbo_ds/loop/ and will use the constants from there on.
+    skip = {"tracking.py", "trainer.py"}
+    package = ROOT / "turbo_ds"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if rel in skip:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+            if text in names or text.startswith(tracking.sweep_value_tag("")):
+                found.append(f"{rel}:{node.lineno}: {text!r}")
+    assert found == []
