@@ -60,12 +60,17 @@ def sweep_config(demo_data: Path, path: Path, **sections) -> Path:
 def tiny_sweep(demo_data, tmp_path_factory) -> Path:
     """``scripts/sweep.py`` over ``TINY_SWEEP_GRID`` (2 single-process runs of :func:`sweep_config`):
     the sweep folder, with ``sweep.json``, ``mlflow.db`` (experiment ``tiny_sweep``), ``mlartifacts/``
-    and a folder per run; its stdout is in ``../../sweep.out``. Tests read it; none may write into it."""
+    and a folder per run; its stdout is in ``../../sweep.out``. Tests read it; none may write into it.
+    Its store is given as ``--tracking-uri`` while ``$MLFLOW_TRACKING_URI`` names another,
+    ``../../decoy.db``, which the given one must win over, in the sweep and in its runs."""
     work = tmp_path_factory.mktemp("tiny_sweep")
     cfg = sweep_config(demo_data, work / "cfg.yaml")
+    folder = work / "sweeps" / "tiny_sweep"
     cmd = [PY, "scripts/sweep.py", "--config", str(cfg), "--ds_config", "ds_configs/zero0.json"]
     cmd += ["--grid", TINY_SWEEP_GRID, "--name", "tiny_sweep", "--out", str(work / "sweeps")]
-    proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600)
+    cmd += ["--tracking-uri", f"sqlite:///{folder}/mlflow.db"]
+    env = {**clean_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/decoy.db"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     (work / "sweep.out").write_text(proc.stdout)  # beside the sweep folder, for tests of its output
-    return work / "sweeps" / "tiny_sweep"
+    return folder

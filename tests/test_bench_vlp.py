@@ -1,11 +1,9 @@
-"""scripts/bench_vlp.py's reading of the runs: time to reach dense's final quality, and the ratios."""
+"""scripts/bench_vlp.py's reading of the runs (turbo_ds.compare.time_to_quality): time to reach dense's
+final quality, and the ratios."""
 
-import argparse
-import sys
-from pathlib import Path
+import json
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from bench_vlp import table, time_to_reach  # noqa: E402
+from turbo_ds.compare.time_to_quality import read_row, table, time_to_reach, time_to_target
 
 
 def _row(name, drop, points):
@@ -30,20 +28,36 @@ def test_time_to_target_and_ratios():
     ]
     assert time_to_reach(rows[0], "test/align_r1", 98.0) == 90
     assert time_to_reach(rows[0], "test/align_r1", 101.0) is None
-    args = argparse.Namespace(
-        metric="test/align_r1", margin=2.0, steps=30, eval_every=10, config="c", ds_config="d", num_gpus=2
-    )
-    text, summary = table(rows, args)
+    summary = time_to_target(rows, ["test/align_r1"], margin=2.0)
     assert summary["targets"]["test/align_r1"] == 98.0
     assert summary["speedup_vs_drop0.5"]["test/align_r1"] == 6.0
     assert summary["speedup_vs_dense"]["test/align_r1"] == 9.0
+    text = table(rows, summary, 2.0, "30 steps each")
+    assert text.startswith("30 steps each. Targets: dense's final value minus 2.0: test/align_r1 98.00.")
     assert "| drop0.75 | 0.75 |" in text and "x6.00 faster" in text
 
 
 def test_a_setting_that_never_reaches_the_target():
     rows = [_row("dense", 0.0, [(30, 50.0), (60, 100.0)]), _row("drop0.75", 0.75, [(10, 40.0), (20, 60.0)])]
-    args = argparse.Namespace(
-        metric="test/align_r1", margin=2.0, steps=20, eval_every=10, config="c", ds_config="d", num_gpus=2
-    )
-    text, summary = table(rows, args)
-    assert summary["speedup_vs_dense"]["test/align_r1"] is None and "not reached" in text
+    summary = time_to_target(rows, ["test/align_r1"], margin=2.0)
+    assert summary["speedup_vs_dense"]["test/align_r1"] is None
+    assert "not reached" in table(rows, summary, 2.0, "20 steps each")
+
+
+def test_a_row_is_read_from_the_run_folder(tmp_path):
+    final = {"train/time_s": 12.0, "train/avg_clips_per_s": 3.5, "test/align_r1": 40.0, "val/loss": 1.0}
+    (tmp_path / "final_metrics.json").write_text(json.dumps(final))
+    evals = [{"step": 5, "train/time_s": 6.0, "test/align_r1": 30.0, "val/loss": 2.0}]
+    (tmp_path / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    row = read_row("dense", 0.0, tmp_path, steps=10, wall_s=20.0)
+    assert row == {
+        "setting": "dense",
+        "drop_ratio": 0.0,
+        "steps": 10,
+        "wall_s": 20.0,
+        "train_s": 12.0,
+        "clips_per_s": 3.5,
+        "tokens_per_s": None,
+        "final": {"test/align_r1": 40.0},
+        "curve": [{"step": 5, "train_s": 6.0, "test/align_r1": 30.0}],
+    }

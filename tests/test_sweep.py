@@ -158,6 +158,21 @@ def test_plan_is_deterministic_and_gives_each_run_the_sweeps_settings(tmp_path, 
     assert (server.tracking_uri, server.artifact_location) == ("http://mlflow.example:5000", None)
 
 
+def test_the_sweeps_store_wins_over_the_environment_in_the_sweep_and_in_its_runs(tmp_path, monkeypatch):
+    """``--tracking-uri`` over ``$MLFLOW_TRACKING_URI`` for the sweep; each run gets the sweep's store as
+    ``tracking.tracking_uri``, which the trainer's rule prefers to the variable the run inherits."""
+    from turbo_ds.tracking import store_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    cfg = write_config({}, tmp_path / "base.yaml")
+    chosen = f"sqlite:///{tmp_path}/chosen.db"
+    s = spec.build(cfg, DS, ["seed=1,2"], out=tmp_path / "sweeps", tracking_uri=chosen)
+    assert (s.tracking_uri, s.artifact_location) == (chosen, (s.folder / "mlartifacts").as_uri())
+    for c in s.combos:
+        run_cfg = load_config(cfg, s.run_overrides(c))
+        assert store_uri(run_cfg.output_dir, run_cfg.tracking.tracking_uri) == chosen
+
+
 @pytest.mark.parametrize(
     "grid, message",
     [
@@ -277,6 +292,7 @@ def test_tiny_sweep_is_one_experiment_of_tagged_runs(tiny_sweep):
 
     rec = json.loads((tiny_sweep / "sweep.json").read_text())
     assert (rec["experiment"], rec["tracking_uri"]) == ("tiny_sweep", f"sqlite:///{tiny_sweep}/mlflow.db")
+    assert not (tiny_sweep.parents[1] / "decoy.db").exists()  # $MLFLOW_TRACKING_URI lost to --tracking-uri
     assert rec["grid"] == {"token_dropout.drop_ratio": [0, 0.75]}
     combos = rec["combinations"]
     assert [(c["slug"], c["status"], c["exit_code"]) for c in combos] == [

@@ -1,4 +1,5 @@
-"""Classification task: named losses sum to loss, label smoothing, mae_weight, multi-view averaging."""
+"""Classification task: named losses sum to loss, label smoothing, mae_weight, multi-view averaging; what
+the tools around the loop ask of every task (the contract), and that nothing outside tasks/ names one."""
 
 from __future__ import annotations
 
@@ -116,3 +117,87 @@ def test_video_encoder_prefix_is_where_the_tasks_encoder_sits(task):
     assert isinstance(built.get_submodule(prefix.rstrip(".")), VideoViT)
     keys = [k for k in built.state_dict() if k.startswith(prefix)]
     assert f"{prefix}blocks.0.attn.qkv.weight" in keys
+
+
+BUILTIN_CONTRACT = {  # task -> (quality_metrics, plan_covers_activations)
+    "classification": (("top1", "top5"), True),
+    "video_text": (("t2v_r1", "v2t_r1", "align_r1", "align_roc_auc"), False),  # + the text tower
+    "long_video": (("top1",), True),
+    "long_video_two_stage": (("top1",), False),  # + the temporal head over clip features
+}
+
+
+def test_what_compare_and_the_planner_ask_of_each_task():
+    from turbo_ds.tasks import Task, get_task_class, list_tasks
+
+    assert set(BUILTIN_CONTRACT) <= set(list_tasks())
+    for name, (quality, covered) in BUILTIN_CONTRACT.items():
+        cls = get_task_class(name)
+        assert (cls.quality_metrics(), cls.plan_covers_activations) == (quality, covered), name
+    assert (Task.quality_metrics(), Task.plan_covers_activations) == ((), False)  # a task that says nothing
+
+
+@pytest.mark.parametrize("name", ["classification", "video_text"])
+def test_the_plan_notes_what_the_task_says_it_does_not_model(name, monkeypatch):
+    from turbo_ds.plan.from_config import plan_inputs
+    from turbo_ds.tasks import get_task_class
+
+    task = {"name": name, "text_model": "turbo-tiny", "context_length": 8} if name == "video_text" else {}
+    cfg = _cfg(model={"name": "vit_debug"}, task=task)
+    ds = {"zero_optimization": {"stage": 0}}
+
+    def note(cfg) -> bool:
+        return any("are not modelled" in n for n in plan_inputs(cfg, ds, 1, "cpu")[3])
+
+    covered = get_task_class(name).plan_covers_activations
+    assert note(cfg) is not covered
+    monkeypatch.setattr(get_task_class(name), "plan_covers_activations", not covered)
+    assert note(cfg) is covered  # asked of the task, not decided by its name
+
+
+def test_a_builtin_task_module_that_cannot_be_imported_leaves_the_others(monkeypatch):
+    """As on a machine with torch alone, where video_text's numpy is missing: the planner still asks
+    classification; a name the registry lacks names the import error."""
+    from turbo_ds.config import ConfigError
+    from turbo_ds.tasks import get_task_class, registry
+
+    monkeypatch.setattr(registry, "BUILTIN_MODULES", (*registry.BUILTIN_MODULES, "turbo_ds.tasks.no_such"))
+    monkeypatch.setattr(registry, "_IMPORT_ERRORS", {})
+    assert get_task_class("classification").plan_covers_activations
+    with pytest.raises(ConfigError, match=r"unknown task.*turbo_ds\.tasks\.no_such cannot be imported here"):
+        get_task_class("no_such")
+
+
+# A built-in task's name written outside turbo_ds/tasks/: (file under turbo_ds/, name) -> why it is there.
+TASK_NAME_EXCEPTIONS = {
+    ("config.py", "classification"): "task.name's default (config sits below tasks/ and imports none)",
+    # The planner benchmark draws its random cases from the three demo configs and labels each case by
+    # the demo it came from (the rows of its published tables): benchmark data, not a rule of a task.
+    ("plan/bench.py", "classification"): "a demo config's label",
+    ("plan/bench.py", "video_text"): "a demo config's label",
+    ("plan/bench.py", "long_video"): "a demo config's label",
+}
+
+
+def test_no_module_outside_tasks_names_a_builtin_task():
+    """What the loop, export, the planner and compare need of a task is asked of it (tasks/base.py):
+    no string constant elsewhere in the package is a built-in task's name."""
+    import ast
+
+    from helpers import ROOT
+
+    from turbo_ds.tasks import get_task_class, list_tasks
+
+    builtin = {n for n in list_tasks() if get_task_class(n).__module__.startswith("turbo_ds.tasks.")}
+    assert set(BUILTIN_CONTRACT) <= builtin
+    package = ROOT / "turbo_ds"
+    found = set()
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if rel.startswith("tasks/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            if isinstance(node, ast.Constant) and node.value in builtin:
+                found.add((rel, node.value))
+    assert sorted(found - set(TASK_NAME_EXCEPTIONS)) == []
+    assert sorted(set(TASK_NAME_EXCEPTIONS) - found) == []  # an exception no longer needed goes

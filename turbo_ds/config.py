@@ -401,7 +401,8 @@ class TrackingConfig:
     run_name: str | None = None
     """MLflow run name; None = the output folder's name."""
     tracking_uri: str | None = None
-    """Store URI; None = $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db."""
+    """Store URI, which wins over $MLFLOW_TRACKING_URI; None = $MLFLOW_TRACKING_URI, else
+    sqlite:///<output_dir>/mlflow.db."""
     memory_plan: bool = True
     """Measure the first training step's peak memory and log it beside the planner's prediction
     (``memory/predicted_peak_mb``, ``memory/measured_peak_mb``; see ``python -m turbo_ds.plan``)."""

@@ -1,8 +1,10 @@
-"""MLflow tracking on rank 0; every other rank gets a logger whose methods do nothing.
+"""MLflow tracking on rank 0; every other rank gets a logger whose methods do nothing. This module owns
+the names of the tags turbo_ds sets on its runs and the rule that picks a run's store.
 
-The store is ``$MLFLOW_TRACKING_URI`` when set, else the config's ``tracking.tracking_uri``, else an
-embedded sqlite file ``<output_dir>/mlflow.db`` (artifacts under ``<output_dir>/mlartifacts``). A run
-resumed from a checkpoint passes the saved ``run_id`` and continues the same MLflow run.
+The store (:func:`store_uri`) is the one configured (``tracking.tracking_uri``, a sweep's or compare's
+``--tracking-uri``), else ``$MLFLOW_TRACKING_URI``, else an embedded sqlite file
+``<output_dir>/mlflow.db`` (artifacts under ``<output_dir>/mlartifacts``). A run resumed from a
+checkpoint passes the saved ``run_id`` and continues the same MLflow run.
 
 ``tracking.system_metrics`` starts MLflow's ``SystemMetricsMonitor`` for the run: a thread in rank 0's
 process that samples CPU, memory, disk, network (GPU with ``nvidia-ml-py``) and logs ``system/*``
@@ -16,18 +18,70 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 MAX_PARAM_LEN = 500
 
 
-def default_tracking_uri(output_dir: str | Path, configured: str | None = None) -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if configured:
-        return configured
-    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+# The tags turbo_ds sets on its runs; reports and sweeps find runs by them (tracking.tags holds the user's).
+TASK_TAG = "turbo_ds.task"
+"""The run's ``task.name``."""
+HEADLINE_TAG = "turbo_ds.headline"
+"""The full names (``{prefix}/{name}``) of the task's headline metrics, comma-separated."""
+RESUMED_AT_STEP_TAG = "turbo_ds.resumed_at_step"
+"""The step a resumed run went on from."""
+STOPPED_BY_TAG = "turbo_ds.stopped_by"
+"""The signal that stopped a preempted run (``SIGTERM``, ``SIGUSR1``)."""
+STOPPED_AT_STEP_TAG = "turbo_ds.stopped_at_step"
+"""The step at which a preempted run saved and stopped."""
+SWEEP_ID_TAG = "turbo_ds.sweep_id"
+"""12 hex digits of the sweep name's SHA-1: every run of one sweep has the same."""
+SWEEP_NAME_TAG = "turbo_ds.sweep_name"
+SWEEP_VARIED_TAG = "turbo_ds.sweep.varied"
+"""The config keys the sweep varies, comma-separated; each one's value in :func:`sweep_value_tag`."""
+
+
+def sweep_value_tag(key: str) -> str:
+    """``turbo_ds.sweep.<key>``: the tag holding the value a sweep gave its varied config key ``key``."""
+    return f"turbo_ds.sweep.{key}"
+
+
+def configured_store(configured: str | None = None, env: Mapping[str, str] = os.environ) -> str | None:
+    """The store a user chose: ``configured`` (``tracking.tracking_uri``, a ``--tracking-uri``), else
+    ``$MLFLOW_TRACKING_URI``; None when neither is set (the caller's default store applies).
+
+    The explicit setting wins, as in MLflow itself (a URI given to ``MlflowClient`` or
+    ``mlflow.set_tracking_uri`` wins over the environment variable): a config names its store on
+    purpose, and the resolved config saved with the run (``config.yaml``, the MLflow params) then
+    says where the run was logged; the variable is the default of a shell or a cluster."""
+    return configured or env.get(TRACKING_URI_ENV) or None
+
+
+def local_store(folder: str | Path) -> str:
+    """The store turbo_ds creates when none is chosen: ``sqlite:///<folder>/mlflow.db``."""
+    return f"sqlite:///{Path(folder).resolve() / 'mlflow.db'}"
+
+
+def store_uri(folder: str | Path, configured: str | None = None, env: Mapping[str, str] = os.environ) -> str:
+    """The store a run (or a sweep) in ``folder`` logs to: :func:`configured_store`, else
+    :func:`local_store` of ``folder``."""
+    return configured_store(configured, env) or local_store(folder)
+
+
+def is_local_store(uri: str) -> bool:
+    """A store in local files (sqlite, file, a bare path), whose artifacts turbo_ds places itself:
+    MLflow's default for a new experiment there is ``./mlruns`` of the current directory."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def local_artifacts(folder: str | Path) -> str:
+    """``<folder>/mlartifacts`` as a URI: the artifact location of an experiment turbo_ds creates in a
+    local store."""
+    return (Path(folder).resolve() / "mlartifacts").as_uri()
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -106,7 +160,6 @@ class MlflowTracker(NullTracker):
         run_id: str | None = None,
         artifact_location: str | None = None,
     ):
-        import mlflow
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
@@ -130,7 +183,6 @@ class MlflowTracker(NullTracker):
         else:
             run = self.client.create_run(self.experiment_id, run_name=run_name)
             self.run_id = run.info.run_id
-        self._mlflow = mlflow
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -209,10 +261,9 @@ def create_tracker(
         return NullTracker()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    uri = default_tracking_uri(output_dir, tracking_uri)
-    artifact_location = None
-    if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI") and not tracking_uri:
-        artifact_location = (output_dir.resolve() / "mlartifacts").as_uri()
+    uri = store_uri(output_dir, tracking_uri)
+    # The store made in the run folder keeps its artifacts beside it; a chosen one, MLflow's default.
+    artifact_location = None if configured_store(tracking_uri) else local_artifacts(output_dir)
     tracker = MlflowTracker(
         experiment,
         uri,

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from turbo_ds.tracking import configured_store
+
 DEFAULT_RUNS_DIR = "runs"
 
 
@@ -63,7 +65,8 @@ def resolve_stores(
     env: Mapping[str, str] = os.environ,
 ) -> list[str]:
     """The stores to read: the given URIs and the stores found under the given folders; with neither,
-    ``$MLFLOW_TRACKING_URI``, else the stores under ``runs/``."""
+    ``$MLFLOW_TRACKING_URI``, else the stores under ``runs/`` (the precedence of
+    :func:`turbo_ds.tracking.configured_store`: what is given wins over the environment)."""
     uris = list(tracking_uris)
     for d in runs_dirs:
         found = find_stores(d)
@@ -71,8 +74,8 @@ def resolve_stores(
             raise CompareError(f"--runs-dir {d}: no mlflow.db under it")
         uris += found
     if not tracking_uris and not runs_dirs:
-        if env.get("MLFLOW_TRACKING_URI"):
-            uris = [env["MLFLOW_TRACKING_URI"]]
+        if chosen := configured_store(env=env):
+            uris = [chosen]
         elif Path(DEFAULT_RUNS_DIR).is_dir():
             uris = find_stores(DEFAULT_RUNS_DIR)
         if not uris:

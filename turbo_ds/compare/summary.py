@@ -24,20 +24,9 @@ import math
 from dataclasses import dataclass, field
 
 from turbo_ds.compare.runs import Run
+from turbo_ds.tracking import HEADLINE_TAG, TASK_TAG
 
-# The tags every run gets (turbo_ds.task, turbo_ds.headline); older runs fall back to DEFAULT_HEADLINE.
-HEADLINE_TAG = "turbo_ds.headline"
-TASK_TAG = "turbo_ds.task"
-VARIED_TAG = "turbo_ds.sweep.varied"
 DROP_RATIO = "token_dropout.drop_ratio"
-# Each task's headline metrics without their eval prefix (turbo_ds/tasks/*: Task.headline less the losses),
-# copied so that compare needs no torch; matched against every eval prefix a run logged.
-DEFAULT_HEADLINE = {
-    "classification": ("top1", "top5"),
-    "video_text": ("t2v_r1", "v2t_r1", "align_r1", "align_roc_auc"),
-    "long_video": ("top1",),
-    "long_video_two_stage": ("top1",),
-}
 NON_EVAL_PREFIXES = ("train", "memory", "data", "system")
 
 
@@ -51,15 +40,32 @@ def eval_keys(run: Run) -> list[str]:
     return keys
 
 
+def task_quality_metrics(task: str) -> tuple[str, ...] | None:
+    """What the registered task ``task`` reports as quality (:meth:`turbo_ds.tasks.Task.quality_metrics`);
+    None where that cannot be asked here: an unknown name, an import path (a store's text is no reason
+    to import a module), or no torch (compare itself needs none: only runs without the headline tag
+    ask)."""
+    if not task or ":" in task:
+        return None
+    try:
+        from turbo_ds.config import ConfigError
+        from turbo_ds.tasks import get_task_class
+    except ImportError:
+        return None
+    try:
+        return get_task_class(task).quality_metrics()
+    except (ConfigError, ImportError):
+        return None
+
+
 def headline_names(run: Run) -> list[str]:
-    """The ``turbo_ds.headline`` tag; else the task's defaults on every eval prefix logged (by metric, then
-    prefix); else every evaluation metric of the run."""
+    """The ``turbo_ds.headline`` tag; else (a run logged before the tag existed) the task's quality
+    metrics on every eval prefix logged (by metric, then prefix); else every evaluation metric."""
     if tag := run.tags.get(HEADLINE_TAG, "").strip():
         return [k.strip() for k in tag.split(",") if k.strip()]
     evals = eval_keys(run)
-    task = run.tags.get(TASK_TAG) or run.params.get("task.name", "")
-    if task in DEFAULT_HEADLINE:
-        names = DEFAULT_HEADLINE[task]
+    names = task_quality_metrics(run.tags.get(TASK_TAG) or run.params.get("task.name", ""))
+    if names is not None:
         found = [k for k in evals if k.partition("/")[2] in names]
         return sorted(found, key=lambda k: (names.index(k.partition("/")[2]), k))
     return evals

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from turbo_ds.compare.runs import CompareError, Run, find_run
-from turbo_ds.compare.summary import DROP_RATIO, VARIED_TAG, RunSummary
+from turbo_ds.compare.summary import DROP_RATIO, RunSummary
+from turbo_ds.tracking import SWEEP_VARIED_TAG
 
 # Params that differ between any two runs without telling them apart (where a run wrote, what it was
 # called) or that change nothing trained; kept out of the differing params.
@@ -53,7 +54,7 @@ def differing_params(runs: list[Run]) -> list[str]:
     with_params = [r for r in runs if r.params]
     keys = dict.fromkeys(k for r in with_params for k in r.params if not _noise(k))
     differ = [k for k in keys if len({r.params.get(k) for r in with_params}) > 1]
-    varied = [k.strip() for r in runs for k in r.tags.get(VARIED_TAG, "").split(",") if k.strip()]
+    varied = [k.strip() for r in runs for k in r.tags.get(SWEEP_VARIED_TAG, "").split(",") if k.strip()]
     first = {k: i for i, k in enumerate(dict.fromkeys(varied))}
 
     def order(key: str) -> tuple[int, int, str]:

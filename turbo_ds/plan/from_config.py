@@ -91,6 +91,18 @@ def param_counts(cfg: TrainConfig, notes: list[str]) -> ParamCounts:
         return count_on_meta(lambda: build_model(cfg, num_classes=n), cfg.optim.layer_decay)
 
 
+def _plan_covers_activations(task: str) -> bool:
+    """The task's :attr:`~turbo_ds.tasks.Task.plan_covers_activations`; False for a task that cannot be
+    imported here (what it adds is unknown)."""
+    from turbo_ds.config import ConfigError
+    from turbo_ds.tasks import get_task_class
+
+    try:
+        return get_task_class(task).plan_covers_activations
+    except (ConfigError, ImportError):
+        return False
+
+
 def plan_inputs(
     cfg: TrainConfig, ds: dict[str, Any], world: int = 1, device: str = "cuda"
 ) -> tuple[Workload, ParamCounts, StateSetup, list[str]]:
@@ -110,7 +122,7 @@ def plan_inputs(
         device=device,
     )
     setup = StateSetup.from_ds_config({**ds, "bf16": {"enabled": precision == "bf16"}}, world, device)
-    if cfg.task.name not in ("classification", "long_video"):
+    if not _plan_covers_activations(cfg.task.name):
         notes.append(
             f"activations of task {cfg.task.name!r} beyond the video encoder and decoder are not modelled"
         )

@@ -10,7 +10,6 @@ so that a requeued sweep job resumes where it stopped.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import time
@@ -21,6 +20,7 @@ from turbo_ds.measure.launch import TRAIN_SCRIPT
 from turbo_ds.preemption import EXIT_PREEMPTED
 from turbo_ds.sweep.launch import Child, SweepSignals
 from turbo_ds.sweep.spec import Combination, Sweep
+from turbo_ds.tracking import SWEEP_ID_TAG, get_or_create_experiment, write_json
 
 SWEEP_FILE = "sweep.json"
 # (sweep, combination, signals) -> the run's exit status; the default launches its command.
@@ -30,10 +30,8 @@ Runner = Callable[[Sweep, Combination, SweepSignals], int]
 def launch(sweep: Sweep, combo: Combination, signals: SweepSignals) -> int:
     from turbo_ds.engine.distributed import free_port
 
-    # The trainer prefers $MLFLOW_TRACKING_URI to tracking.tracking_uri: a --tracking-uri given to the
-    # sweep must win over one in the environment, so the runs get the sweep's store in both.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": sweep.tracking_uri}
-    child = Child(sweep.command(combo, free_port()), TRAIN_SCRIPT, env)
+    # The run's store is its tracking.tracking_uri (the sweep's), which wins over $MLFLOW_TRACKING_URI.
+    child = Child(sweep.command(combo, free_port()), TRAIN_SCRIPT)
     signals.attach(child)
     try:
         return child.wait()
@@ -86,8 +84,6 @@ class Record:
         self.write()
 
     def write(self) -> None:
-        from turbo_ds.tracking import write_json
-
         s = self.sweep
         write_json(
             {
@@ -116,7 +112,7 @@ class Record:
 
             runs = MlflowClient(self.sweep.tracking_uri).search_runs(
                 [self.experiment_id],
-                filter_string=f"tags.`turbo_ds.sweep_id` = '{self.sweep.sweep_id}'",
+                filter_string=f"tags.`{SWEEP_ID_TAG}` = '{self.sweep.sweep_id}'",
                 order_by=["attributes.start_time ASC"],
             )
         except Exception as e:  # noqa: BLE001 - the runs are done; a lookup must not fail the sweep
@@ -161,8 +157,6 @@ def create_experiment(sweep: Sweep) -> str:
     """The sweep's experiment, created before any run with the sweep folder's artifact location (a
     run's tracker finds it by name and never sets one itself when a tracking URI is given)."""
     from mlflow.tracking import MlflowClient
-
-    from turbo_ds.tracking import get_or_create_experiment
 
     sweep.folder.mkdir(parents=True, exist_ok=True)
     return get_or_create_experiment(

@@ -17,10 +17,18 @@ from typing import Any
 from turbo_ds.config import ConfigError, load_config
 from turbo_ds.measure.launch import launch_command, train_args
 from turbo_ds.sweep.grid import _UNSAFE, check_keys, combinations, parse_grid, slug, value_text, yaml_inline
+from turbo_ds.tracking import (
+    SWEEP_ID_TAG,
+    SWEEP_NAME_TAG,
+    SWEEP_VARIED_TAG,
+    is_local_store,
+    local_artifacts,
+    store_uri,
+    sweep_value_tag,
+)
 
 DEFAULT_OUT = "runs/sweeps"
 COMPARE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare.py"
-TAG_PREFIX = "turbo_ds.sweep"
 
 
 @dataclass
@@ -73,11 +81,11 @@ class Sweep:
     def tags(self, combo: Combination) -> dict[str, str]:
         tags = {
             **self.base_tags,
-            "turbo_ds.sweep_id": self.sweep_id,
-            "turbo_ds.sweep_name": self.name,
-            f"{TAG_PREFIX}.varied": ",".join(self.grid),
+            SWEEP_ID_TAG: self.sweep_id,
+            SWEEP_NAME_TAG: self.name,
+            SWEEP_VARIED_TAG: ",".join(self.grid),
         }
-        tags.update({f"{TAG_PREFIX}.{k}": value_text(v) for k, v in combo.values.items()})
+        tags.update({sweep_value_tag(k): value_text(v) for k, v in combo.values.items()})
         return tags
 
     def run_overrides(self, combo: Combination) -> list[str]:
@@ -124,12 +132,13 @@ def sweep_id(name: str) -> str:
 
 
 def store(folder: Path, configured: str | None) -> tuple[str, str | None]:
-    """(tracking URI, artifact location for a new experiment). A local store (sqlite, file) gets the
-    sweep folder's ``mlartifacts``: MLflow's own default is ``./mlruns`` in the current directory.
-    A server keeps its own artifact root."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder / 'mlflow.db'}"
-    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    return uri, (folder / "mlartifacts").as_uri() if local else None
+    """(tracking URI, artifact location for a new experiment): ``--tracking-uri``, else
+    ``$MLFLOW_TRACKING_URI``, else ``<folder>/mlflow.db`` (:func:`turbo_ds.tracking.store_uri`, the
+    trainer's rule: each run gets the URI as ``tracking.tracking_uri``). A local store (sqlite, file)
+    gets the sweep folder's ``mlartifacts``: MLflow's own default is ``./mlruns`` in the current
+    directory. A server keeps its own artifact root."""
+    uri = store_uri(folder, configured)
+    return uri, local_artifacts(folder) if is_local_store(uri) else None
 
 
 def _set_key(item: str) -> str:

@@ -7,7 +7,10 @@ A task is an ``nn.Module`` (what the DeepSpeed engine wraps) that maps a batch t
   text tokens, segments, another index...), as :class:`DataSpec` objects the loop turns into loaders;
 - how it evaluates a split: an :class:`Evaluator` consumes the outputs on every rank and reduces across
   ranks (a weighted mean for classification; the gathered embeddings of the whole split for retrieval);
-- which metrics are its headline (:meth:`Task.summary`, the line printed at the end of a run).
+- which metrics are its headline (:meth:`Task.summary`, the line printed at the end of a run;
+  :meth:`Task.quality_metrics` for comparisons of runs);
+- what the tools around the loop need to know of it: where its video encoder sits (export), whether
+  the memory planner models all its activations (:attr:`Task.plan_covers_activations`).
 
 Options (the ``task:`` section of a config, beyond ``name`` and ``mae_weight``) are a dataclass per task
 (``Task.Options``), validated like every other config section.
@@ -155,6 +158,10 @@ class Task(nn.Module):
     weight_options: ClassVar[tuple[str, ...]] = ()
     """Options naming weight files (e.g. a text tower checkpoint) that evaluation skips: the
     checkpoint being evaluated holds those weights."""
+    plan_covers_activations: ClassVar[bool] = False
+    """The memory planner's activations (the video encoder's and the Partial-MAE decoder's) are all the
+    task keeps for backward. False (a text tower, a head over clip features...): the plan says the
+    rest is not modelled."""
 
     @classmethod
     def parse_options(cls, options: dict[str, Any]) -> Any:
@@ -179,6 +186,12 @@ class Task(nn.Module):
         """The headline metrics of ``prefix``'s evaluation, one line or several (None: nothing to say)."""
         parts = [f"{k} {metrics[f'{prefix}/{k}']:.4g}" for k in self.headline if f"{prefix}/{k}" in metrics]
         return f"{prefix}: " + ", ".join(parts) if parts else None
+
+    @classmethod
+    def quality_metrics(cls) -> tuple[str, ...]:
+        """The headline less its losses: what a comparison of runs leads with (``scripts/compare.py``,
+        for a run logged without the ``turbo_ds.headline`` tag)."""
+        return tuple(k for k in cls.headline if k != "loss" and not k.endswith("_loss"))
 
     def tracking_params(self) -> dict[str, Any]:
         """Extra MLflow params (e.g. the number of classes)."""

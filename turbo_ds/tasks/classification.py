@@ -50,6 +50,7 @@ class ClassificationTask(Task):
 
     Options = ClassificationOptions
     headline = ("top1", "top5", "loss")
+    plan_covers_activations = True  # the encoder (with its head) and the decoder: what the planner models
 
     def __init__(
         self,

@@ -191,6 +191,7 @@ class LongVideoTask(Task):
 
     Options = LongVideoOptions
     headline = ("top1", "loss")
+    plan_covers_activations = True  # the encoder (with its head) and the decoder: what the planner models
 
     def __init__(self, model: TurboModel, options: LongVideoOptions, cfg: TrainConfig):
         super().__init__()

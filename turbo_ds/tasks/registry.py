@@ -32,9 +32,19 @@ def register_task(name: str):
     return deco
 
 
+# A built-in module that cannot be imported here (video_text's numpy on a machine with torch alone)
+# leaves the other tasks usable; asking for one of its tasks names the error.
+_IMPORT_ERRORS: dict[str, ImportError] = {}
+
+
 def _load_builtins() -> None:
     for mod in BUILTIN_MODULES:
-        importlib.import_module(mod)
+        if mod in _IMPORT_ERRORS:
+            continue
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            _IMPORT_ERRORS[mod] = e
 
 
 def get_task_class(name: str) -> type:
@@ -47,9 +57,10 @@ def get_task_class(name: str) -> type:
             raise ConfigError(f"config key 'task.name' = {name!r}: cannot import it ({e})") from e
     _load_builtins()
     if name not in _TASKS:
+        missing = "".join(f"; {mod} cannot be imported here ({e})" for mod, e in _IMPORT_ERRORS.items())
         raise ConfigError(
             f"config key 'task.name' = {name!r}: unknown task; registered: {', '.join(sorted(_TASKS))} "
-            "(or give an import path 'package.module:ClassName')"
+            f"(or give an import path 'package.module:ClassName'){missing}"
         )
     return _TASKS[name]
 
