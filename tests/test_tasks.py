@@ -173,9 +173,9 @@ TASK_NAME_EXCEPTIONS = {
     ("config.py", "classification"): "task.name's default (config sits below tasks/ and imports none)",
     # The planner benchmark draws its random cases from the three demo configs and labels each case by
     # the demo it came from (the rows of its published tables): benchmark data, not a rule of a task.
-    ("plan/bench.py", "classification"): "a demo config's label",
-    ("plan/bench.py", "video_text"): "a demo config's label",
-    ("plan/bench.py", "long_video"): "a demo config's label",
+    ("measure/bench_plan.py", "classification"): "a demo config's label",
+    ("measure/bench_plan.py", "video_text"): "a demo config's label",
+    ("measure/bench_plan.py", "long_video"): "a demo config's label",
 }
 
 

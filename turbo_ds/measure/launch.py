@@ -12,6 +12,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from turbo_ds.tracking import TRACKING_URI_ENV
+
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
 # What a launcher sets for its ranks: a child launched from inside a run (or a test under torchrun)
@@ -23,7 +25,7 @@ LAUNCH_ENV_KEYS = (
     "MASTER_ADDR",
     "MASTER_PORT",
     "LOCAL_WORLD_SIZE",
-    "MLFLOW_TRACKING_URI",
+    TRACKING_URI_ENV,
 )
 LAUNCHERS = ("deepspeed", "torchrun")
 
