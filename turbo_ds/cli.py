@@ -2,7 +2,7 @@
 
 0: the run finished. 75: stopped by a scheduler's signal after saving a checkpoint (``train.stop_signals``;
 rank 0 prints ``turbo_ds: stopped by ...``; continue with ``--resume latest``). 124: a rank stalled
-(``train.stall_timeout_s``, see ``turbo_ds.watchdog``). 2: a config or input error (an unknown config key, a ds_config that disagrees with
+(``train.stall_timeout_s``, see ``turbo_ds.loop.watchdog``). 2: a config or input error (an unknown config key, a ds_config that disagrees with
 the config, a missing index or checkpoint): rank 0 prints ``turbo_ds: error: <message>`` on stderr and
 no traceback, the other ranks exit quietly with the same status; ``--debug`` prints the traceback too.
 1: anything else, with its traceback. A failing run tears down its process group without waiting for
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from turbo_ds.config import ConfigError
-from turbo_ds.preemption import EXIT_PREEMPTED, Preempted
+from turbo_ds.loop.preemption import EXIT_PREEMPTED, Preempted
 
 
 def add_set_flag(p, help: str = "override a config value (repeatable)") -> None:
