@@ -6,27 +6,34 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from turbo_ds.config import TrainConfig
 from turbo_ds.loop.rng import seed_everything
 
+if TYPE_CHECKING:
+    from turbo_ds.engine.engine import Engine
+    from turbo_ds.tasks.base import Task
+
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
+    """What :func:`setup` built, for the trainer or the evaluation entry point."""
+
     cfg: TrainConfig
     """The config with the task's resolved options (defaults, ``num_classes`` from the index)."""
     ds_config: dict
     rank: int
     world_size: int
-    task: object
-    engine: object
+    task: Task
+    engine: Engine
 
 
 def setup(
     cfg: TrainConfig,
     ds_config: str | Path | dict,
-    task=None,
-    prepare_task: Callable[[object], None] | None = None,
+    task: Task | None = None,
+    prepare_task: Callable[[Task], None] | None = None,
 ) -> Setup:
     """Join the process group, fill ``ds_config``'s ``"auto"`` fields from ``cfg``, seed every rank
     alike (the same initial weights everywhere), build the task (unless given), let ``prepare_task``
