@@ -12,7 +12,7 @@ python scripts/eval.py --checkpoint runs/demo_video_text/checkpoints --split val
 import sys
 
 from turbo_ds.cli import run_cli
-from turbo_ds.trainer import eval_main
+from turbo_ds.loop.eval_cli import main
 
 if __name__ == "__main__":
-    sys.exit(run_cli(eval_main))
+    sys.exit(run_cli(main))

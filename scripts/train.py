@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train with DeepSpeed: a thin entry point over ``turbo_ds.trainer.main``.
+"""Train with DeepSpeed: a thin entry point over ``turbo_ds.loop.train_cli.main``.
 
     deepspeed --num_gpus 2 scripts/train.py --ds_config ds_configs/zero2.json \
         --config configs/demo_classification.yaml [--set optim.lr=1e-3 ...] [--resume latest]
@@ -15,7 +15,7 @@ docs/training.md.
 import sys
 
 from turbo_ds.cli import run_cli
-from turbo_ds.trainer import main
+from turbo_ds.loop.train_cli import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

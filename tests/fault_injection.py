@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from turbo_ds.cli import run_cli  # noqa: E402
-from turbo_ds.trainer import main  # noqa: E402
+from turbo_ds.loop.train_cli import main  # noqa: E402
 
 
 def save_hangs(tag: str, marker: str) -> None:

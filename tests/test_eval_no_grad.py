@@ -58,7 +58,7 @@ def _clip_encoder():
 
 @pytest.mark.slow
 def test_every_evaluation_forward_of_every_task_runs_without_autograd(demo_data, tmp_path, monkeypatch):
-    from turbo_ds import trainer
+    from turbo_ds.loop import eval_cli, train_cli
 
     for k in LAUNCH_ENV_KEYS:
         monkeypatch.delenv(k, raising=False)
@@ -77,10 +77,12 @@ def test_every_evaluation_forward_of_every_task_runs_without_autograd(demo_data,
             cfg_path = tmp_path / f"{name}.yaml"
             cfg_path.write_text(yaml.safe_dump(cfg))
             phase = f"{name}: training"
-            trainer.main(["--config", str(cfg_path), "--ds_config", str(ROOT / "ds_configs" / "zero0.json")])
+            train_cli.main(
+                ["--config", str(cfg_path), "--ds_config", str(ROOT / "ds_configs" / "zero0.json")]
+            )
             phase = f"{name}: scripts/eval.py"
             out = tmp_path / "runs" / name
-            trainer.eval_main(
+            eval_cli.main(
                 ["--checkpoint", str(out / "checkpoints"), "--output_dir", str(out / "eval")]
                 + ["--split", "val" if name != "video_text" else "test"]
             )

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from helpers import PY, ROOT, clean_env, free_port, summaries, tiny_config, write_config
 
-from turbo_ds.preemption import EXIT_PREEMPTED
+from turbo_ds.cli import EXIT_PREEMPTED
 
 pytestmark = pytest.mark.slow  # every test here launches training processes
 

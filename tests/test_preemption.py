@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from helpers import PY, ROOT, STEPS, clean_env, free_port, launch, summaries, tiny_config, write_config
 
+from turbo_ds.cli import EXIT_PREEMPTED
 from turbo_ds.config import ConfigError, load_config
-from turbo_ds.preemption import EXIT_PREEMPTED, StopRequest, signal_number
-from turbo_ds.watchdog import EXIT_STALLED, StallWatchdog
+from turbo_ds.loop.preemption import StopRequest
+from turbo_ds.loop.watchdog import EXIT_STALLED, StallWatchdog
+from turbo_ds.signals import signal_number
 
 pytestmark = pytest.mark.slow  # every test here launches training processes
 
@@ -268,18 +270,24 @@ def test_epoch_end_collective_is_named_to_the_watchdog():
     a peer stopped there must read as waiting for the other ranks, not for the DataLoader."""
     from types import SimpleNamespace
 
-    from turbo_ds.trainer import Trainer
+    from turbo_ds.loop.data import EpochBatches
+    from turbo_ds.loop.trainer import Trainer
 
     dog = StallWatchdog(0, rank=0)
     seen: list[str] = []
 
     class Loader(list):
         def set_epoch(self, epoch):
-            pass
+            seen.append(f"set_epoch({epoch})")
 
-    fake = SimpleNamespace(train_loader=Loader([{"i": 0}, {"i": 1}]), watchdog=dog, epoch=0)
+    fake = SimpleNamespace(watchdog=dog)
     fake._report_data_failures = lambda final: seen.append(dog.waiting_for)
-    batches = Trainer._batches(fake)
+    batches = EpochBatches(Loader([{"i": 0}, {"i": 1}]), lambda epoch: Trainer._end_of_epoch(fake, epoch))
+    assert seen == []  # nothing fetched before the first batch is asked for
     assert [next(batches)["i"] for _ in range(3)] == [0, 1, 0]  # epoch 0, then epoch 1 starts
-    assert seen == ["the other ranks at the end of epoch 0 (the data-failure report's all-gather)"]
-    assert fake.epoch == 1
+    assert seen == [
+        "set_epoch(0)",
+        "the other ranks at the end of epoch 0 (the data-failure report's all-gather)",
+        "set_epoch(1)",
+    ]
+    assert batches.epoch == 1

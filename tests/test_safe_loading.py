@@ -81,7 +81,7 @@ def test_plain_tensor_files_and_safetensors_need_no_opt_in(tmp_path):
 
 
 def test_old_pickled_export_refused_by_eval_and_read_export(tmp_path):
-    from turbo_ds.trainer import eval_main
+    from turbo_ds.loop.eval_cli import main as eval_main
 
     vit = tiny_vit()
     legacy = {"format": "turbo_ds", "state_dict": vit.state_dict(), "train_config": {}, "vit_config": {}}
@@ -126,7 +126,7 @@ def test_optimizer_shards_are_scanned_before_deepspeed_unpickles_them(tmp_path):
 
 
 def rng_state_now() -> dict:
-    from turbo_ds.trainer import rng_state
+    from turbo_ds.loop.rng import rng_state
 
     random.seed(1)
     np.random.seed(2)
@@ -148,7 +148,7 @@ def test_rank_state_round_trips_exactly_and_loads_weights_only(tmp_path):
     assert got["data"] == {"epoch": 2, "position": 6, "seed": 0}
 
     # Restoring it gives the same random numbers as the original state.
-    from turbo_ds.trainer import set_rng_state
+    from turbo_ds.loop.rng import set_rng_state
 
     set_rng_state(state["rng"])
     want = (random.random(), np.random.rand(), torch.rand(1))

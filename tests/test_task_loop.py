@@ -115,7 +115,7 @@ def _config(demo_data: Path, out: Path, task: dict) -> dict:
 
 @pytest.mark.slow
 def test_loop_runs_a_task_it_has_never_heard_of(demo_data, tmp_path, monkeypatch, capsys):
-    from turbo_ds import trainer
+    from turbo_ds.loop import train_cli
 
     for k in LAUNCH_ENV_KEYS:
         monkeypatch.delenv(k, raising=False)
@@ -123,7 +123,9 @@ def test_loop_runs_a_task_it_has_never_heard_of(demo_data, tmp_path, monkeypatch
     cfg = _config(demo_data, tmp_path / "out", {"name": "toy_brightness", "target_scale": 2.0})
     cfg["train"]["progress_bar"] = True
     cfg_path.write_text(yaml.safe_dump(cfg))
-    final = trainer.main(["--config", str(cfg_path), "--ds_config", str(ROOT / "ds_configs" / "zero0.json")])
+    final = train_cli.main(
+        ["--config", str(cfg_path), "--ds_config", str(ROOT / "ds_configs" / "zero0.json")]
+    )
     assert final["step"] == 3.0
     assert final["val/num_clips"] == 4.0  # every val clip of the tiny demo, once
     assert 0.0 <= final["val/abs_err"] < 10.0
@@ -174,8 +176,8 @@ def test_data_wait_is_measured_and_a_data_bound_run_is_told_what_to_change(
     import math
     import time
 
-    from turbo_ds import trainer
     from turbo_ds.data.dataset import VideoDataset
+    from turbo_ds.loop import train_cli
 
     for k in LAUNCH_ENV_KEYS:
         monkeypatch.delenv(k, raising=False)
@@ -190,7 +192,7 @@ def test_data_wait_is_measured_and_a_data_bound_run_is_told_what_to_change(
     cfg["train"].update(max_steps=4, eval_every=0)
     cfg["data"]["num_workers"] = 0
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(cfg))
-    trainer.main(
+    train_cli.main(
         ["--config", str(tmp_path / "toy.yaml"), "--ds_config", str(ROOT / "ds_configs" / "zero0.json")]
     )
     history = [json.loads(line) for line in (tmp_path / "out" / "history.jsonl").read_text().splitlines()]
@@ -209,7 +211,7 @@ def test_data_wait_is_measured_and_a_data_bound_run_is_told_what_to_change(
 
 
 def test_workers_needed():
-    from turbo_ds.data_wait import workers_needed
+    from turbo_ds.loop.data_wait import workers_needed
 
     assert workers_needed(0.4, 0.1) == 4  # each worker makes a batch in 0.4 s, the model eats one in 0.1 s
     assert workers_needed(0.41, 0.1) == 5

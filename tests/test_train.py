@@ -114,7 +114,8 @@ def test_nonfinite_skipped_then_stop_and_final_dense_phase(demo_data, tmp_path, 
     the final dense phase drops no tokens."""
     import torch
 
-    from turbo_ds import trainer
+    from turbo_ds.loop import train_cli
+    from turbo_ds.loop.trainer import NonFiniteLossError
     from turbo_ds.tasks.classification import ClassificationTask
 
     for k in LAUNCH_ENV_KEYS:
@@ -146,7 +147,7 @@ def test_nonfinite_skipped_then_stop_and_final_dense_phase(demo_data, tmp_path, 
         ),
         tmp_path / "a.yaml",
     )
-    final = trainer.main(
+    final = train_cli.main(
         [
             "--config",
             str(cfg),
@@ -173,19 +174,17 @@ def test_nonfinite_skipped_then_stop_and_final_dense_phase(demo_data, tmp_path, 
         ),
         tmp_path / "b.yaml",
     )
-    with pytest.raises(
-        trainer.NonFiniteLossError, match=r"3 non-finite losses in a row .*max_nonfinite_in_row = 3"
-    ):
-        trainer.main(["--config", str(cfg), "--ds_config", "ds_configs/zero0.json"])
+    with pytest.raises(NonFiniteLossError, match=r"3 non-finite losses in a row .*max_nonfinite_in_row = 3"):
+        train_cli.main(["--config", str(cfg), "--ds_config", "ds_configs/zero0.json"])
 
 
 def test_bad_config_fails_before_launching(tmp_path):
-    from turbo_ds import trainer
     from turbo_ds.config import ConfigError
+    from turbo_ds.loop import train_cli
 
     cfg = write_config({"optim": {"lr": 1e-3, "micro_batch": 4}}, tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="'optim.micro_batch'"):
-        trainer.main(["--config", str(cfg), "--ds_config", "ds_configs/zero2.json"])
+        train_cli.main(["--config", str(cfg), "--ds_config", "ds_configs/zero2.json"])
 
 
 def test_broken_videos_reported_once_per_epoch_and_at_the_end(demo_data, tmp_path):

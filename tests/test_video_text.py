@@ -310,7 +310,7 @@ def _align_cfg(index, **task):
 
 def _align_loader(task, cfg, out_dir, rank=0, world=1):
     """The loader the task's alignment evaluation asks for, as the trainer builds it."""
-    from turbo_ds.trainer import build_loader
+    from turbo_ds.loop.data import build_loader
 
     (spec,) = task.eval_specs(split="test")
     return build_loader(cfg, spec.data, spec.split, rank, world, Path(out_dir))
@@ -381,8 +381,8 @@ def test_align_chunk_seconds_is_checked():
 def _align_worker(rank: int, world: int, port: int, index: str, out_dir: str) -> None:
     set_rank_env(rank, world, port)
     from turbo_ds.engine import Engine
+    from turbo_ds.loop.evaluation import evaluate
     from turbo_ds.tasks.video_text import AlignmentEvaluator
-    from turbo_ds.trainer import evaluate
 
     cfg = _align_cfg(index, align_chunk_seconds=3)
     torch.manual_seed(0)

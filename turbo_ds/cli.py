@@ -2,7 +2,7 @@
 
 0: the run finished. 75: stopped by a scheduler's signal after saving a checkpoint (``train.stop_signals``;
 rank 0 prints ``turbo_ds: stopped by ...``; continue with ``--resume latest``). 124: a rank stalled
-(``train.stall_timeout_s``, see ``turbo_ds.watchdog``). 2: a config or input error (an unknown config key, a ds_config that disagrees with
+(``train.stall_timeout_s``, see ``turbo_ds.loop.watchdog``). 2: a config or input error (an unknown config key, a ds_config that disagrees with
 the config, a missing index or checkpoint): rank 0 prints ``turbo_ds: error: <message>`` on stderr and
 no traceback, the other ranks exit quietly with the same status; ``--debug`` prints the traceback too.
 1: anything else, with its traceback. A failing run tears down its process group without waiting for
@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from turbo_ds.config import ConfigError
-from turbo_ds.preemption import EXIT_PREEMPTED, Preempted
 
 
 def add_set_flag(p, help: str = "override a config value (repeatable)") -> None:
@@ -39,6 +38,21 @@ def add_debug_flag(
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# EX_TEMPFAIL (sysexits.h): "try again later". scripts/slurm/train.sbatch requeues the job on it.
+EXIT_PREEMPTED = 75
+
+
+class Preempted(Exception):
+    """Raised out of ``Trainer.fit`` once every rank has saved after a stop request."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: str):
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        super().__init__(
+            f"stopped by {signal_name} at step {step}; checkpoint {checkpoint} saved. "
+            "Continue with --resume latest."
+        )
+
+
 # Packages whose ValueErrors are checks written for a user; a ValueError raised inside a library is a
 # bug or an unexpected state and keeps its traceback.
 _OWN_PACKAGES = ("turbo_ds", "data_index")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turbo_ds.preemption import signal_number
+from turbo_ds.signals import signal_number
 
 
 class ConfigError(ValueError):

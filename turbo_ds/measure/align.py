@@ -52,8 +52,10 @@ def worker(cfg_dict: dict, ds_config: str) -> dict:
     from turbo_ds.config import config_from_dict
     from turbo_ds.engine import distributed
     from turbo_ds.engine.engine import Engine, resolve_ds_config
+    from turbo_ds.loop.data import build_loader
+    from turbo_ds.loop.evaluation import evaluate
+    from turbo_ds.loop.rng import seed_everything
     from turbo_ds.tasks import build_task
-    from turbo_ds.trainer import build_loader, evaluate, seed_everything
 
     cfg = config_from_dict(cfg_dict)
     rank, world = distributed.init_distributed()

@@ -62,20 +62,18 @@ def rank_main(args) -> None:
     cfg = without_weight_files(cfg)
     dev = device()
     with PeakMemory(dev) as mem:
-        from turbo_ds.trainer import Trainer
+        from turbo_ds.loop.trainer import Trainer
 
         trainer = Trainer(cfg, args.ds_config)
         for method, name in (("backward", "backward and reduction"), ("step", "optimizer step")):
             setattr(trainer.engine, method, in_phase(name, getattr(trainer.engine, method)))
-        batches = trainer._batches()
-        trainer._apply_phase()
         mem.mark()  # the steps' peak, apart from DeepSpeed's initialisation transients
         for _ in range(args.steps):
             # What a previous step left in reference cycles (DeepSpeed's gradient bucket, at times)
             # lives until Python's collector runs, whose timing varies from run to run: collect it,
             # so that the peak is the step's own tensors, the same in every run.
             gc.collect()
-            trainer._train_step(batches)
+            trainer.train_steps(1)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
     rank = int(os.environ.get("RANK", "0"))

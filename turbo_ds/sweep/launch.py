@@ -2,7 +2,7 @@
 
 The run gets a process group of its own, so a Ctrl-C in the terminal reaches the sweep only. The sweep
 then passes a stop on to the training processes (the ranks), which save a checkpoint at the next step
-boundary and exit 75 (``turbo_ds.preemption``): a scheduler's SIGTERM / SIGUSR1 is passed as it came,
+boundary and exit 75 (``turbo_ds.loop.preemption``): a scheduler's SIGTERM / SIGUSR1 is passed as it came,
 Ctrl-C as SIGTERM; a second Ctrl-C kills the run. Only the ranks are signalled, never the deepspeed
 launcher between: it answers a SIGTERM by terminating its ranks and exiting 1, and the 75 (saved,
 resume me) would be lost.
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from turbo_ds.preemption import SignalHandlers
+from turbo_ds.signals import SignalHandlers
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -114,7 +114,7 @@ class SweepSignals(SignalHandlers):
     @property
     def exit_status(self) -> int:
         """75 for a scheduler's signal (a requeued sweep resumes), 130 for a Ctrl-C."""
-        from turbo_ds.preemption import EXIT_PREEMPTED
+        from turbo_ds.cli import EXIT_PREEMPTED
 
         return EXIT_INTERRUPTED if self.received == signal.SIGINT else EXIT_PREEMPTED
 

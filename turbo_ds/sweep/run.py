@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from turbo_ds.cli import EXIT_PREEMPTED
 from turbo_ds.measure.launch import TRAIN_SCRIPT
-from turbo_ds.preemption import EXIT_PREEMPTED
 from turbo_ds.sweep.launch import Child, SweepSignals
 from turbo_ds.sweep.spec import Combination, Sweep
 from turbo_ds.tracking import SWEEP_ID_TAG, get_or_create_experiment, write_json
