@@ -6,7 +6,7 @@ fits in, for dense and Turbo settings, measured, with the planner's prediction b
 
 For every setting the frame count is searched on measurements alone (doubling, then bisection to
 ``--granularity`` frames): a frame count "fits" when the measured peak of its training step is at most
-the budget. Peaks are measured by ``turbo_ds.measure.memory.PeakMemory``: on the CPU torch's profiler
+the budget. Peaks are measured by ``turbo_ds.engine.memory.PeakMemory``: on the CPU torch's profiler
 memory events (every tensor allocation and free, summed: tensor memory only, counted from an empty
 start in a fresh subprocess per probe, independent of the planner's arithmetic); on a GPU the CUDA
 allocator's ``max_memory_allocated`` (probes in one process, reset between them). The planner's

@@ -38,7 +38,7 @@ class FirstStepMemory:
             yield
             return
         self.pending = False
-        from turbo_ds.measure.memory import PeakMemory, live_tensor_bytes
+        from turbo_ds.engine.memory import PeakMemory, live_tensor_bytes
 
         dev = self.engine.device
         baseline = live_tensor_bytes() if dev.type == "cpu" else 0

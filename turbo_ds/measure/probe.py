@@ -3,7 +3,7 @@
 ``measure_core_step(workload, device)`` builds the encoder (+ Partial-MAE, + a classifier head) the
 workload describes (:mod:`turbo_ds.measure.core_step`), runs ``steps`` full training steps (forward,
 backward, AdamW step) on synthetic clips, and returns the peak tensor memory of the whole process
-(model states included) measured by :class:`turbo_ds.measure.memory.PeakMemory`. No deepspeed, data
+(model states included) measured by :class:`turbo_ds.engine.memory.PeakMemory`. No deepspeed, data
 loader or tracking is involved, so it runs on a bare GPU machine. :func:`measure_in_fresh_process`
 runs it in a new process, so that the measurement sees every allocation from an empty start
 (``python -m turbo_ds.measure.probe`` does the same from a shell).
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from turbo_ds.measure.core_step import build_core, train_step
-from turbo_ds.measure.memory import PeakMemory
+from turbo_ds.engine.memory import PeakMemory
 from turbo_ds.plan.workload import DecoderShape, Workload
 
 

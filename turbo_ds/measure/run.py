@@ -1,6 +1,6 @@
 """Measure a real config: ``steps`` training steps of the trainer (its task, data, DeepSpeed engine
 and ds_config) on ``world`` local processes, each counting its tensors from before anything is built
-(:class:`turbo_ds.measure.memory.PeakMemory`). ``peak_bytes`` is the peak during the steps (what the
+(:class:`turbo_ds.engine.memory.PeakMemory`). ``peak_bytes`` is the peak during the steps (what the
 planner predicts); ``process_peak_bytes`` includes the setup (DeepSpeed's initialisation flattens and
 copies the parameters, a transient that matters only for tiny models). Python's garbage collector
 runs before each step (see :func:`rank_main`). Evaluation, checkpoints and
@@ -38,8 +38,8 @@ class MeasureInputError(ValueError):
 
 
 def in_phase(name: str, fn):
-    """``fn`` run inside :func:`turbo_ds.measure.memory.phase` ``name``."""
-    from turbo_ds.measure.memory import phase
+    """``fn`` run inside :func:`turbo_ds.engine.memory.phase` ``name``."""
+    from turbo_ds.engine.memory import phase
 
     def wrapped(*args, **kwargs):
         with phase(name):
@@ -54,7 +54,7 @@ def rank_main(args) -> None:
 
     from turbo_ds.config import load_config
     from turbo_ds.engine.distributed import device
-    from turbo_ds.measure.memory import PeakMemory
+    from turbo_ds.engine.memory import PeakMemory
     from turbo_ds.tasks import weight_files, without_weight_files
 
     cfg = load_config(args.config, args.overrides)
