@@ -202,10 +202,9 @@ def available_backends() -> list[str]:
     return out
 
 
-def web_configs(args, root: Path) -> dict:
+def web_sets(args, root: Path) -> dict[str, Path]:
     """5-minute 480p H.264 videos with a keyframe every 250 frames (YouTube's), and the same transcoded
-    to a keyframe every 16 frames; per backend: caption clips (one by one and grouped per video), 64 and
-    256 uniform frames over the whole video."""
+    to a keyframe every 16 frames: {source name: index}."""
     n_frames = int(args.web_minutes * 60 * 25)
     web = make_set(root, "web480p", 854, 480, args.web_videos, n_frames, gop=250)
     short = root / "web480p_g16" / "web480p.parquet"
@@ -214,8 +213,14 @@ def web_configs(args, root: Path) -> dict:
             ["transcode", str(web), "--root", str(root), "--out-root", str(short.parent)]
             + ["--short-side", "480", "--gop", "16", "--workers", str(max(1, args.workers))]
         )
+    return {"web g250": web, "web g16": short}
+
+
+def web_configs(args, root: Path) -> dict:
+    """Per web source and backend: caption clips (one by one and grouped per video), 64 and 256 uniform
+    frames over the whole video."""
     configs = {}
-    for source, index in (("web g250", web), ("web g16", short)):
+    for source, index in web_sets(args, root).items():
         captions = repeated(with_captions(index), 4)
         long_index = repeated(index, 8)
         for backend in available_backends():
@@ -249,9 +254,10 @@ def main(argv=None) -> int:
     p.add_argument(
         "--suite",
         default="classic",
-        choices=["classic", "web"],
+        choices=["classic", "web", "floor"],
         help="classic: 5 s clips and 40 s videos against the naive loader; web: 5-minute web-like videos "
-        "per backend (caption clips, 64 / 256 uniform frames)",
+        "per backend (caption clips, 64 / 256 uniform frames); floor: where a frame-exact decode of 64 / "
+        "256 uniform frames of the web videos spends its time, and the least it could take",
     )
     p.add_argument("--web-minutes", type=float, default=5.0, help="web suite: video length")
     p.add_argument("--web-videos", type=int, default=3, help="web suite: videos written")
@@ -271,6 +277,8 @@ def main(argv=None) -> int:
     root = Path(args.cache)
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    if args.suite == "floor":
+        return run_floor(web_sets(args, root), args, argv)
     if args.suite == "web":
         configs = web_configs(args, root)
         print(f"videos ready in {time.time() - t0:.0f}s under {root}", flush=True)
@@ -428,6 +436,74 @@ def run_configs(configs: dict, args, argv) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def run_floor(sets: dict[str, Path], args, argv) -> int:
+    """Per web source and 64 / 256 uniform frames, on one core: today's decord decode, PyAV's, and the
+    stages and floor of a frame-exact decode (``turbo_ds.measure.decode_work``), median of the rounds
+    (the same frames for every decoder in a round)."""
+    from turbo_ds.data.decode import decode_frames, scaled_size
+    from turbo_ds.data.sampling import uniform_segment_indices
+    from turbo_ds.measure.decode_work import decode_work, reference_frames
+
+    short_side = ClipTransform(args.img_size, train=True).decode_short_side
+    rows = []
+    for source, index_path in sets.items():
+        index = VideoIndex(index_path)
+        videos = [index[i] for i in range(min(len(index), args.web_videos))]
+        for t in (64, 256):
+            samples = []
+            for v in videos:
+                path = v["abs_path"]
+                refs = reference_frames(path)
+                size = scaled_size(v["width"], v["height"], short_side)
+                for r in range(args.rounds):
+                    idx = uniform_segment_indices(v["num_frames"], t, np.random.default_rng(r))
+                    timed = {}
+                    for backend in ("decord", "pyav"):
+                        t0 = time.perf_counter()
+                        decode_frames(
+                            path, idx, backend=backend, num_frames=v["num_frames"], size=size, fallback=False
+                        )
+                        timed[backend] = time.perf_counter() - t0
+                    samples.append(
+                        {**decode_work(path, idx, size, refs), **{f"{b}_s": s for b, s in timed.items()}}
+                    )
+                print(f"{source} {t}f: {len(samples)} samples", flush=True)
+            row = {k: statistics.median(s[k] for s in samples) for k in samples[0] if k != "av_version"}
+            row.update(source=source, frames_wanted=t, size=list(size), samples=len(samples))
+            row["pyav_vs_decord"] = row["decord_s"] / row["pyav_s"]
+            row["floor_vs_decord"] = row["decord_s"] / row["floor_s"]
+            row["floor_without_scan_vs_decord"] = row["decord_s"] / row["floor_without_scan_s"]
+            rows.append(row)
+    print(
+        f"\n{'source':<9} {'T':>4} {'frames':>6} {'refs':>5} {'decoded':>7} {'minimum':>7} {'scan s':>7}"
+        f" {'decode s':>8} {'convert s':>9} {'pyav s':>7} {'decord s':>8} {'floor s':>7} {'pyav':>6} {'floor':>6}"
+        f" {'no scan':>7}"
+    )
+    for r in rows:
+        print(
+            f"{r['source']:<9} {r['frames_wanted']:>4} {r['frames']:>6.0f} {r['references']:>5.0f} {r['decoded']:>7.0f}"
+            f" {r['minimum']:>7.0f} {r['scan_s']:>7.3f} {r['decode_s']:>8.3f} {r['convert_s']:>9.3f}"
+            f" {r['pyav_s']:>7.3f} {r['decord_s']:>8.3f} {r['floor_s']:>7.3f} {r['pyav_vs_decord']:>5.2f}x"
+            f" {r['floor_vs_decord']:>5.2f}x {r['floor_without_scan_vs_decord']:>6.2f}x"
+        )
+    print(
+        "seconds per video (median), one core; decoded: frames PyAV decodes; minimum: what any frame-exact "
+        "decoder must (the reference frames from each wanted frame's keyframe up to it, and the frame); "
+        "floor = scan + minimum x decode s per decoded frame + convert; the last three columns: decord's "
+        "time over PyAV's, the floor's, the floor's without the scan (a frame table stored in the index)"
+    )
+    if args.json:
+        meta = {
+            "command": "python scripts/bench_data.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
         Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
         print(f"wrote {args.json}")
     return 0

@@ -139,20 +139,20 @@ def test_pyav_scans_only_up_to_the_wanted_frames(cases, case, monkeypatch):
 
 
 def test_runs_decode_through_small_gaps_and_seek_over_large_ones():
-    from turbo_ds.data.backends.pyav_decoder import SEEK_FRAMES, _runs
+    from turbo_ds.data.backends.pyav_decoder import SEEK_FRAMES, seek_runs
 
     keyframes = np.arange(0, 1000, 10)
     dense = np.arange(0, 100, 5)  # 2 wanted frames per keyframe interval: one pass
-    assert [(k, w.tolist()) for k, w in _runs(dense, keyframes, None)] == [(0, dense.tolist())]
+    assert [(k, w.tolist()) for k, w in seek_runs(dense, keyframes, None)] == [(0, dense.tolist())]
     # four clips far apart (caption clips of one video, decoded together): a seek each
     clips = np.concatenate([np.arange(s, s + 4) for s in (100, 400, 700, 950)])
-    assert [k for k, _ in _runs(clips, keyframes, None)] == [100, 400, 700, 950]
+    assert [k for k, _ in seek_runs(clips, keyframes, None)] == [100, 400, 700, 950]
     # one frame per interval, each right before the next keyframe: a gap of 0, decoded through
-    assert len(_runs(np.arange(9, 100, 10), keyframes, None)) == 1
+    assert len(seek_runs(np.arange(9, 100, 10), keyframes, None)) == 1
     # a gap just over SEEK_FRAMES frames to the next keyframe: a seek
-    assert [k for k, _ in _runs(np.array([0, 30]), np.array([0, 10, 20, 30]), None)] == [0, 30]
+    assert [k for k, _ in seek_runs(np.array([0, 30]), np.array([0, 10, 20, 30]), None)] == [0, 30]
     assert SEEK_FRAMES < 29
-    assert len(_runs(clips, keyframes, True)) == 1 and len(_runs(dense, keyframes, False)) == 10
+    assert len(seek_runs(clips, keyframes, True)) == 1 and len(seek_runs(dense, keyframes, False)) == 10
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)

@@ -13,8 +13,8 @@ import pytest
 import torch
 from helpers import tiny_config, write_config
 
-from turbo_ds.measure.core_step import build_model
 from turbo_ds.engine.memory import PeakMemory, live_tensor_bytes, phase
+from turbo_ds.measure.core_step import build_model
 from turbo_ds.measure.probe import measure_in_fresh_process, workload_to_json
 from turbo_ds.models.config import ViTConfig
 from turbo_ds.plan import DecoderShape, StateSetup, Workload, fit_report, parse_memory, plan

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from turbo_ds.measure.core_step import build_core, train_step
 from turbo_ds.engine.memory import PeakMemory
+from turbo_ds.measure.core_step import build_core, train_step
 from turbo_ds.plan.workload import DecoderShape, Workload
 
 

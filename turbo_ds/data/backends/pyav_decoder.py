@@ -33,7 +33,7 @@ def decoded_frames(container, stream, wanted_pts: set[int] | None = None):
     codec = stream.codec_context
     try:
         for packet in container.demux(stream):
-            p = _pts(packet)
+            p = pts_of(packet)
             wanted = wanted_pts is None or p is None or p in wanted_pts
             codec.skip_frame = "DEFAULT" if wanted else "NONREF"
             yield from codec.decode(packet)  # the empty flush packet at the end drains the decoder
@@ -48,7 +48,7 @@ def decoded_frames(container, stream, wanted_pts: set[int] | None = None):
 SCAN_MARGIN = 64
 
 
-def _pts(obj) -> int | None:
+def pts_of(obj) -> int | None:
     return obj.pts if obj.pts is not None else obj.dts
 
 
@@ -61,7 +61,7 @@ def frame_table(container, stream, limit: int | None = None) -> tuple[np.ndarray
     complete = True
     try:
         for packet in container.demux(stream):
-            p = _pts(packet)
+            p = pts_of(packet)
             if p is None or packet.size == 0 or packet.is_discard:
                 continue
             pts.append(p)
@@ -82,7 +82,9 @@ def frame_table(container, stream, limit: int | None = None) -> tuple[np.ndarray
 SEEK_FRAMES = 8
 
 
-def _runs(wanted: np.ndarray, keyframes: np.ndarray, sequential: bool | None) -> list[tuple[int, np.ndarray]]:
+def seek_runs(
+    wanted: np.ndarray, keyframes: np.ndarray, sequential: bool | None
+) -> list[tuple[int, np.ndarray]]:
     """(keyframe to seek to, the wanted frames decoded from there): one run per keyframe interval that
     holds wanted frames; None merges a run into the one before when decoding on from that run's last
     frame to the next keyframe skips at most ``SEEK_FRAMES`` frames (dense frames, e.g. hundreds
@@ -115,7 +117,7 @@ def decode_pyav(
     sequential: bool | None = None,
 ) -> np.ndarray:
     """(T, H, W, 3) uint8; ``size`` = (w, h) to resize to; ``sequential`` forces one pass (True) or a
-    seek per keyframe interval (False) instead of choosing per gap (None, see ``_runs``)."""
+    seek per keyframe interval (False) instead of choosing per gap (None, see ``seek_runs``)."""
     import av
 
     check_file(path)
@@ -139,7 +141,7 @@ def decode_pyav(
         if size is not None:
             kw.update(width=int(size[0]), height=int(size[1]))
         got: dict[int, np.ndarray] = {}
-        for start, run in _runs(wanted, keyframes, sequential):
+        for start, run in seek_runs(wanted, keyframes, sequential):
             _decode_run(container, stream, pts, start, run, got, kw)
         if not got:
             raise DecodeError(path, "no-frames")
@@ -168,7 +170,7 @@ def _decode_run(container, stream, pts: np.ndarray, start: int, run: np.ndarray,
             container.seek(int(pts[start]), stream=stream, backward=True, any_frame=False)
         first = None
         for frame in decoded_frames(container, stream, set(want)):
-            p = _pts(frame)
+            p = pts_of(frame)
             if p is None:
                 continue
             first = p if first is None else first
