@@ -1,5 +1,5 @@
 """Decode only the sampled frames of a video with the backend the run chose (``backends/choice.py``:
-torchcodec, decord or PyAV), falling back to PyAV per video where a fast backend fails.
+torchcodec, PyAV or decord), falling back to PyAV per video where a fast backend fails.
 
 A backend takes (path, frame indices, size) and returns exactly those frames, as stored (rotation
 metadata is not applied: docs/decoding.md), or raises :class:`DecodeError`; a video is a DecodeError

@@ -15,9 +15,11 @@ import numpy as np
 
 from turbo_ds.config import ConfigError
 
-# Fastest first, as measured on 2 CPU cores (docs/decoding.md, scripts/bench_decode.py).
-SPEED_ORDER = ("torchcodec", "decord", "pyav")
-BACKENDS = ("auto", *SPEED_ORDER)
+# Fastest first, as measured on 2 CPU cores (docs/decoding.md, scripts/bench_decode.py): torchcodec
+# leads on small clips, PyAV on 720p and long sampling; decord, slower than PyAV in every case and
+# silently wrong on random access into MPEG-4 Part 2 with B-frames, comes last.
+SPEED_ORDER = ("torchcodec", "pyav", "decord")
+BACKENDS = ("auto", "torchcodec", "decord", "pyav")
 DEVICES = ("cpu", "cuda")
 
 _INSTALL = {
