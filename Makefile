@@ -70,13 +70,19 @@ bench-index: setup
 # A lent GPU machine has its own torch and nothing of ours: scripts/gpu_check.sh needs torch alone, plus
 # PyYAML for reading configs (step d). No torchcodec wheel is bundled: they match one torch minor version
 # (ours 0.14 for 2.14, that machine's torch is 2.11) and need FFmpeg's shared libraries, which it lacks;
-# its decode step (f) then records why it was skipped. gpu-bundle puts PyYAML's pure-Python part (same version as .venv's;
-# its C extension removed, so it works on any Python 3) into the ignored .gpu_deps/, which the device
+# its decode step (f) measures NVDEC through PyNvVideoCodec instead. gpu-bundle puts PyYAML's pure-Python
+# part (same version as .venv's; its C extension removed, so it works on any Python 3), PyNvVideoCodec's
+# wheel and bench_nvdec's prepared videos (~50 MB in all) into the ignored .gpu_deps/, which the device
 # run carries: run(command="bash scripts/gpu_check.sh", carry=[".gpu_deps"], timeout_s=540).
 gpu-bundle: setup
 	rm -rf .gpu_deps
 	$(PIP) install --quiet --no-deps --no-compile --target .gpu_deps "pyyaml==$$($(PY) -c 'import yaml; print(yaml.__version__)')"
 	rm -rf .gpu_deps/_yaml .gpu_deps/yaml/_yaml*.so .gpu_deps/bin
+	# NVDEC for step f where torchcodec cannot load (the lent machine): PyNvVideoCodec's wheel for its
+	# Python 3.12 and the videos + reference thumbnails scripts/bench_nvdec.py checks frames against.
+	$(PIP) download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 -d .gpu_deps/wheels "pynvvideocodec==2.2.4"
+	$(PY) scripts/bench_nvdec.py prepare .gpu_deps/nvdec
 	echo "$$(git rev-parse HEAD) $$(git status --porcelain --untracked-files=no | wc -l) files modified" > .gpu_deps/COMMIT
 	PYTHONPATH=.gpu_deps $(PY) -c 'import yaml; assert not yaml.__with_libyaml__; print("PyYAML", yaml.__version__, "(pure Python) in .gpu_deps/")'
 

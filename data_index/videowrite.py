@@ -50,3 +50,18 @@ def write_video(
         if stream is not None:
             for packet in stream.encode():
                 out.mux(packet)
+
+
+def synthetic_frames(w: int, h: int, n: int, seed: int):
+    """(h, w, 3) uint8 frames of a textured scene panning slowly with a moving bright box: compresses
+    like real footage, not noise (the benchmarks' videos)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 255, (h // 16 + 6, w // 16 + 6, 3), dtype=np.uint8)
+    tex = np.kron(coarse, np.ones((16, 16, 1), np.uint8))[: h + 64, : w + 64]
+    fine = rng.integers(0, 40, (h + 64, w + 64, 3), dtype=np.uint8)
+    tex = (tex // 2 + fine).astype(np.uint8)
+    for i in range(n):
+        f = tex[(i // 2) % 64 : (i // 2) % 64 + h, i % 64 : i % 64 + w].copy()
+        x = (i * 7) % max(1, w - 80)
+        f[h // 3 : h // 3 + 60, x : x + 80] = 240
+        yield f

@@ -29,25 +29,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from data_index.builders import build
 from data_index.cli import main as data_index_main
-from data_index.videowrite import write_video
+from data_index.videowrite import synthetic_frames, write_video
 from turbo_ds.data import build_dataloader
 from turbo_ds.data.sampling import dense_clip_indices
 from turbo_ds.data.schema import VideoIndex, write_index
 from turbo_ds.data.transforms import ClipTransform, to_tchw
-
-
-def synth_frames(w: int, h: int, n: int, seed: int):
-    """A textured scene panning slowly with a moving bright box: compresses like real footage, not noise."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 255, (h // 16 + 6, w // 16 + 6, 3), dtype=np.uint8)
-    tex = np.kron(coarse, np.ones((16, 16, 1), np.uint8))[: h + 64, : w + 64]
-    fine = rng.integers(0, 40, (h + 64, w + 64, 3), dtype=np.uint8)
-    tex = (tex // 2 + fine).astype(np.uint8)
-    for i in range(n):
-        f = tex[(i // 2) % 64 : (i // 2) % 64 + h, i % 64 : i % 64 + w].copy()
-        x = (i * 7) % max(1, w - 80)
-        f[h // 3 : h // 3 + 60, x : x + 80] = 240
-        yield f
 
 
 def make_set(root: Path, name: str, w: int, h: int, n_videos: int, n_frames: int, gop: int) -> Path:
@@ -58,7 +44,7 @@ def make_set(root: Path, name: str, w: int, h: int, n_videos: int, n_frames: int
     rows = ["path,label"]
     for i in range(n_videos):
         rel = f"{name}/v{i:03d}.mp4"
-        write_video(root / rel, synth_frames(w, h, n_frames, i), 25, gop=gop, preset="veryfast", crf=23)
+        write_video(root / rel, synthetic_frames(w, h, n_frames, i), 25, gop=gop, preset="veryfast", crf=23)
         rows.append(f"{rel},{i % 4}")
     ann.write_text("\n".join(rows) + "\n")
     build("csv", [ann], root, index, workers=2)

@@ -21,10 +21,12 @@
 #   d  plan       python -m turbo_ds.plan ... --measure --core: the planner's predicted vs measured peaks
 #   e  train      scripts/gpu_train_check.py: 60 bf16 steps of ViT-B/16 + token dropout + Partial-MAE
 #   f  decode     scripts/bench_decode.py --gpu: torchcodec's CPU decoder against its CUDA one (clips/s,
-#                 same frames; printed to the log). Optional: it needs torchcodec built for that
-#                 machine's torch plus FFmpeg's shared libraries, which the lent machine lacks (its torch
-#                 is 2.11, ours 2.14, so no wheel of ours fits): then it is recorded as skipped, saying
-#                 why, and its failure never fails the script.
+#                 same frames; printed to the log), where torchcodec loads. The lent machine lacks it (its
+#                 torch is 2.11, ours 2.14, and it has no FFmpeg libraries): there, NVDEC through NVIDIA's
+#                 PyNvVideoCodec (scripts/bench_nvdec.py run: clips/s and frame exactness of caption clips
+#                 and 64 / 256 uniform frames of 1-minute 480p H.264, keyframes every 250 and 16 frames),
+#                 from the wheel and videos make gpu-bundle put in .gpu_deps/ (~50 MB). Optional: without
+#                 either it is recorded as skipped, saying why, and its failure never fails the script.
 # Results (8 files at most, all in the output folder): env.json, bench_model.json, bench_frames.json,
 # bench_frames.png, plan_k400.json, train_check.json, summary.json (each step's status, exit code and
 # seconds) and gpu_check.log (everything printed). Exit status: 0 when no step failed (steps b-e are
@@ -160,12 +162,19 @@ if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)'
         --json "$OUT_DIR/plan_k400.json" --measure --core
     # e: a short bf16 training run of the model core.
     step train 60 "$PY" scripts/gpu_train_check.py --json "$OUT_DIR/train_check.json"
-    # f: CPU vs GPU decoding, where torchcodec can load here (optional: see the header).
+    # f: CPU vs GPU decoding where torchcodec can load here; else NVDEC through PyNvVideoCodec where
+    # make gpu-bundle carried its wheel and the prepared videos (optional: see the header).
+    nvdec_wheel=$(ls "$ROOT"/.gpu_deps/wheels/pynvvideocodec-*.whl 2>/dev/null | head -n 1)
     if why=$("$PY" -c 'import torchcodec.decoders' 2>&1); then
         OPTIONAL=1 step decode 45 "$PY" scripts/bench_decode.py --gpu --clips 3 --cache /tmp/turbo_ds_gpu_decode
+    elif [ -n "$nvdec_wheel" ] && [ -f "$ROOT/.gpu_deps/nvdec/samples.json" ] &&
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/nvdec_site \
+            "$nvdec_wheel" 2>&1 | tee -a "$LOG"; then
+        OPTIONAL=1 step decode 60 env PYTHONPATH="/tmp/nvdec_site:$PYTHONPATH" "$PY" scripts/bench_nvdec.py run \
+            "$ROOT/.gpu_deps/nvdec"
     else
         why=$(echo "$why" | grep -v '^[[:space:]]' | tail -n 1)
-        record decode skipped 0 0 "torchcodec cannot load with this torch: ${why:0:160}"
+        record decode skipped 0 0 "torchcodec cannot load with this torch (${why:0:120}) and no PyNvVideoCodec bundle (make gpu-bundle)"
     fi
 else
     for s in bench_model bench_frames plan train decode; do
