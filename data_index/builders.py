@@ -27,7 +27,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -93,11 +93,18 @@ def probe_many(
 
 
 def probe_stream(jobs: Iterable[tuple[str, bool] | None], workers: int = 0) -> Iterator[tuple | None]:
-    """``_probe`` of each job, in order, in ``workers`` processes with at most 32 jobs per worker in
-    flight (``ProcessPoolExecutor.map`` would submit every job at once). A None job gives None."""
+    """``_probe`` of each job, in order, in ``workers`` processes (see :func:`map_in_order`)."""
+    yield from map_in_order(_probe, jobs, workers)
+
+
+def map_in_order(fn: Callable, jobs: Iterable, workers: int = 0) -> Iterator:
+    """``fn(job)`` for each job, in order, in ``workers`` processes (0: one per CPU up to 8; 1: here),
+    with at most 32 jobs per worker in flight (``ProcessPoolExecutor.map`` would submit every job at
+    once), so ``jobs`` may be a generator over millions. A None job gives None. ``fn`` must be a
+    module-level function (the workers import its module)."""
     workers = _workers(workers)
     if workers <= 1:
-        yield from (None if job is None else _probe(job) for job in jobs)
+        yield from (None if job is None else fn(job) for job in jobs)
         return
     window: deque[Future | None] = deque()
     # spawn, not fork: a fork of a process with threads (a notebook's, a test session's: tqdm's
@@ -107,7 +114,7 @@ def probe_stream(jobs: Iterable[tuple[str, bool] | None], workers: int = 0) -> I
         workers, mp_context=spawn, initializer=_exit_with_parent, initargs=(os.getpid(),)
     ) as pool:
         for job in jobs:
-            window.append(None if job is None else pool.submit(_probe, job))
+            window.append(None if job is None else pool.submit(fn, job))
             while len(window) > 32 * workers:
                 fut = window.popleft()
                 yield None if fut is None else fut.result()

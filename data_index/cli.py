@@ -7,7 +7,7 @@ import itertools
 import json
 import os
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +16,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from data_index.builders import CHUNK_SIZE, PARSERS, build, parse_shard, probe_many, probe_stream
+from data_index.builders import (
+    CHUNK_SIZE,
+    PARSERS,
+    build,
+    map_in_order,
+    parse_shard,
+    probe_stream,
+)
 from data_index.merge import merge
 from data_index.parsers import DataIndexError
 from turbo_ds.data.schema import errors_path_for, index_metadata, write_index
@@ -172,68 +179,100 @@ def cmd_stats(a) -> int:
     return 0
 
 
-def _transcode_one(job: tuple[str, str, int, int | None, int]) -> tuple[str, str]:
+def _transcode_one(job: tuple[str, str, int, int | None, int]) -> tuple[str, dict | None, str]:
+    """Re-encode ``src`` to ``dst`` and probe the result: (what happened, probed metadata or None, why
+    not). Written to a ``.part`` file renamed at the end, so a ``dst`` that exists is whole: a rerun
+    after an interrupted transcode keeps it ("kept") instead of encoding it again."""
     import av
 
+    from data_index.builders import _probe
     from data_index.videowrite import write_video
     from turbo_ds.data.decode import scaled_size
 
     src, dst, short_side, gop, crf = job
-    try:
-        with av.open(src) as c:
-            s = c.streams.video[0]
-            s.thread_type = "AUTO"
-            fps = float(s.average_rate or 25)
-            w, h = scaled_size(s.codec_context.width, s.codec_context.height, short_side)
-            if min(s.codec_context.width, s.codec_context.height) <= short_side:
-                w, h = scaled_size(s.codec_context.width, s.codec_context.height, None)
-                w, h = w - w % 2, h - h % 2
-            frames = (f.to_ndarray(format="rgb24", width=w, height=h) for f in c.decode(s))
-            write_video(dst, frames, fps, gop=gop or max(1, int(round(fps))), crf=crf)
-        return dst, ""
-    except Exception as e:
-        return dst, f"{type(e).__name__}: {e}"
+    done = "kept"
+    if not os.path.exists(dst):
+        part = str(Path(dst).with_suffix(".part" + Path(dst).suffix))  # the container still from .mp4
+        try:
+            with av.open(src) as c:
+                s = c.streams.video[0]
+                s.thread_type = "AUTO"
+                fps = float(s.average_rate or 25)
+                w, h = scaled_size(s.codec_context.width, s.codec_context.height, short_side)
+                if min(s.codec_context.width, s.codec_context.height) <= short_side:
+                    w, h = scaled_size(s.codec_context.width, s.codec_context.height, None)
+                    w, h = w - w % 2, h - h % 2
+                frames = (f.to_ndarray(format="rgb24", width=w, height=h) for f in c.decode(s))
+                write_video(part, frames, fps, gop=gop or max(1, int(round(fps))), crf=crf)
+            os.replace(part, dst)
+        except Exception as e:
+            if os.path.exists(part):
+                os.remove(part)
+            return "failed", None, f"{type(e).__name__}: {e}"
+        done = "encoded"
+    meta, reason, detail = _probe((dst, True))
+    return done, meta, "" if meta is not None else f"{reason}: {detail}"
+
+
+def _claim_out_root(out_root: Path, options: dict) -> None:
+    """Record the options in ``out_root/transcode.json``; a folder that holds a transcode with other
+    options is refused, since kept outputs would mix two settings."""
+    marker = out_root / "transcode.json"
+    if marker.exists():
+        before = json.loads(marker.read_text())
+        if before != options:
+            raise DataIndexError(
+                f"{out_root} holds a transcode with other options ({before}, not {options}): "
+                "use another --out-root, or delete it to start over"
+            )
+        return
+    out_root.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(options))
 
 
 def cmd_transcode(a) -> int:
-    """Re-encode every video to ``--short-side`` px with keyframes every ``--gop`` frames (h264 mp4)."""
-    rows = pq.read_table(a.index).to_pylist()
+    """Re-encode every video to ``--short-side`` px with keyframes every ``--gop`` frames (h264 mp4).
+
+    Streams the index one row group at a time through a bounded pool (encode, then probe, in the same
+    worker), so memory stays flat at any index size; outputs already there from an interrupted run
+    are kept, so rerunning the command resumes it."""
+    index = pq.ParquetFile(a.index)
     root = Path(a.root) if a.root else Path(a.index).parent
     out_root = Path(a.out_root)
-    jobs = []
-    for r in rows:
-        rel = str(Path(r["path"]).with_suffix(".mp4"))
-        jobs.append((str(root / r["path"]), str(out_root / rel), a.short_side, a.gop, a.crf))
     workers = a.workers or min(8, os.cpu_count() or 1)
-    from concurrent.futures import ProcessPoolExecutor
+    _claim_out_root(out_root, {"short_side": a.short_side, "gop": a.gop, "crf": a.crf})
+    rows_in_flight: deque[dict] = deque()  # the rows of the jobs submitted, in order
 
-    with ProcessPoolExecutor(workers) as pool:
-        results = list(
-            tqdm(
-                pool.map(_transcode_one, jobs), total=len(jobs), desc="transcode", unit="video", disable=None
-            )
-        )
-    ok_rows, errors = [], []
-    done = [(r, j) for r, j, (_, err) in zip(rows, jobs, results, strict=True) if not err]
-    for r, _j, (_, err) in zip(rows, jobs, results, strict=True):
-        if err:
-            errors.append({"video_id": r["video_id"], "path": r["path"], "stage": "transcode", "reason": err})
-    probed = probe_many([j[1] for _, j in done], workers=workers, desc="probe")
-    for (r, j), (meta, reason, detail) in zip(done, probed, strict=True):
-        if meta is None:
-            errors.append(
-                {
-                    "video_id": r["video_id"],
-                    "path": r["path"],
-                    "stage": "transcode",
-                    "reason": f"{reason}: {detail}",
-                }
-            )
-            continue
-        ok_rows.append({**r, **meta, "path": os.path.relpath(j[1], out_root)})
+    def jobs():
+        for batch in index.iter_batches():
+            for r in batch.to_pylist():
+                rows_in_flight.append(r)
+                dst = out_root / Path(r["path"]).with_suffix(".mp4")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                yield str(root / r["path"]), str(dst), a.short_side, a.gop, a.crf
+
+    errors: list[dict] = []
+    counts: Counter = Counter()
+
+    def transcoded_rows():
+        results = map_in_order(_transcode_one, jobs(), workers)
+        for done, meta, reason in tqdm(
+            results, total=index.metadata.num_rows, desc="transcode", unit="video", disable=None
+        ):
+            r = rows_in_flight.popleft()
+            counts[done] += 1
+            if meta is None:
+                errors.append(
+                    {"video_id": r["video_id"], "path": r["path"], "stage": "transcode", "reason": reason}
+                )
+                continue
+            dst = out_root / Path(r["path"]).with_suffix(".mp4")
+            yield {**r, **meta, "path": os.path.relpath(dst, out_root)}
+
     out = Path(a.out) if a.out else out_root / Path(a.index).name
+    # write_index takes the rows first, then the errors: the list is complete by the time it is read.
     write_index(
-        ok_rows,
+        transcoded_rows(),
         out,
         errors=errors,
         info={
@@ -242,7 +281,11 @@ def cmd_transcode(a) -> int:
             "transcoded": {"short_side": a.short_side, "gop": a.gop},
         },
     )
-    print(f"wrote {out}: {len(ok_rows)} videos under {out_root}; {len(errors)} errors")
+    n_ok = index.metadata.num_rows - len(errors)
+    print(
+        f"wrote {out}: {n_ok} videos under {out_root} ({counts['encoded']} encoded, {counts['kept']} kept from "
+        f"an earlier run); {len(errors)} errors"
+    )
     return 0
 
 

@@ -249,6 +249,44 @@ def test_cli_transcode(root, tmp_path):
     assert sum(keys) == 5  # a keyframe every 4 frames
 
 
+def test_cli_transcode_resumes_and_refuses_other_options(root, tmp_path, capsys):
+    """A rerun keeps the outputs an earlier (interrupted) run finished, encodes the rest, and writes the
+    same index; an output folder holding another setting is one error line (exit 2)."""
+    ann = tmp_path / "ann.csv"
+    ann.write_text("path,label\na/clip1.mp4,0\na/clip2.mp4,1\nssv2/101.mp4,1\n")
+    index = tmp_path / "idx.parquet"
+    build("csv", [ann], root, index, workers=1)
+    t = tmp_path / "t"
+    args = [
+        "transcode",
+        str(index),
+        "--root",
+        str(root),
+        "--out-root",
+        str(t),
+        "--short-side",
+        "16",
+        "--gop",
+        "4",
+    ]
+    assert main([*args, "--workers", "2"]) == 0
+    assert "3 videos under" in (out := capsys.readouterr().out) and "(3 encoded, 0 kept" in out
+    first = pq.read_table(t / "idx.parquet").to_pylist()
+    kept = t / "a" / "clip1.mp4"
+    (t / "ssv2" / "101.mp4").unlink()  # as if the first run had stopped before it
+    (t / "ssv2" / "101.part.mp4").write_bytes(b"half a video")  # ... while writing it
+    mtime = kept.stat().st_mtime_ns
+    assert main([*args, "--workers", "1"]) == 0
+    assert "(1 encoded, 2 kept from an earlier run); 0 errors" in capsys.readouterr().out
+    assert kept.stat().st_mtime_ns == mtime and not (t / "ssv2" / "101.part.mp4").exists()
+    assert pq.read_table(t / "idx.parquet").to_pylist() == first
+    assert read_errors(t / "idx.parquet") == []
+    assert main([*args[:-1], "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("data_index: error: ") and "holds a transcode with other options" in err
+    assert "\n" not in err
+
+
 def test_cli_demo_prints_layout(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--size", "tiny", "--workers", "1"]) == 0
     text = capsys.readouterr().out
