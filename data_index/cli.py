@@ -233,7 +233,7 @@ def _claim_out_root(out_root: Path, options: dict) -> None:
 def cmd_transcode(a) -> int:
     """Re-encode every video to ``--short-side`` px with keyframes every ``--gop`` frames (h264 mp4).
 
-    Streams the index one row group at a time through a bounded pool (encode, then probe, in the same
+    Streams the index CHUNK_SIZE rows at a time through a bounded pool (encode, then probe, in the same
     worker), so memory stays flat at any index size; outputs already there from an interrupted run
     are kept, so rerunning the command resumes it."""
     index = pq.ParquetFile(a.index)
@@ -244,7 +244,7 @@ def cmd_transcode(a) -> int:
     rows_in_flight: deque[dict] = deque()  # the rows of the jobs submitted, in order
 
     def jobs():
-        for batch in index.iter_batches():
+        for batch in index.iter_batches(batch_size=CHUNK_SIZE):  # rows as Python objects: a few at a time
             for r in batch.to_pylist():
                 rows_in_flight.append(r)
                 dst = out_root / Path(r["path"]).with_suffix(".mp4")
