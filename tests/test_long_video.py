@@ -196,6 +196,9 @@ def _two_stage_worker(rank: int, world: int, port: int, out_dir: str, weights: s
         "encoder_numel": sum(p.numel() for p in module.encoder.parameters()),
     }
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+    from turbo_ds.engine import distributed
+
+    distributed.destroy()  # a gloo group left to interpreter exit can abort the process ("terminate called")
 
 
 @pytest.mark.slow

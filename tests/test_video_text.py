@@ -256,6 +256,9 @@ def _zero_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         }
     with open(Path(out_dir) / f"rank{rank}.json", "w") as f:
         json.dump(results, f)
+    from turbo_ds.engine import distributed
+
+    distributed.destroy()  # a gloo group left to interpreter exit can abort the process ("terminate called")
 
 
 @pytest.mark.slow
