@@ -239,34 +239,32 @@ def cmd_transcode(a) -> int:
     index = pq.ParquetFile(a.index)
     root = Path(a.root) if a.root else Path(a.index).parent
     out_root = Path(a.out_root)
-    workers = a.workers or min(8, os.cpu_count() or 1)
     _claim_out_root(out_root, {"short_side": a.short_side, "gop": a.gop, "crf": a.crf})
-    rows_in_flight: deque[dict] = deque()  # the rows of the jobs submitted, in order
+    rows_in_flight: deque[tuple[dict, Path]] = deque()  # (row, output) of the jobs submitted, in order
 
     def jobs():
         for batch in index.iter_batches(batch_size=CHUNK_SIZE):  # rows as Python objects: a few at a time
             for r in batch.to_pylist():
-                rows_in_flight.append(r)
                 dst = out_root / Path(r["path"]).with_suffix(".mp4")
                 dst.parent.mkdir(parents=True, exist_ok=True)
+                rows_in_flight.append((r, dst))
                 yield str(root / r["path"]), str(dst), a.short_side, a.gop, a.crf
 
     errors: list[dict] = []
     counts: Counter = Counter()
 
     def transcoded_rows():
-        results = map_in_order(_transcode_one, jobs(), workers)
+        results = map_in_order(_transcode_one, jobs(), a.workers)  # 0: one per CPU, up to 8
         for done, meta, reason in tqdm(
             results, total=index.metadata.num_rows, desc="transcode", unit="video", disable=None
         ):
-            r = rows_in_flight.popleft()
+            r, dst = rows_in_flight.popleft()
             counts[done] += 1
             if meta is None:
                 errors.append(
                     {"video_id": r["video_id"], "path": r["path"], "stage": "transcode", "reason": reason}
                 )
                 continue
-            dst = out_root / Path(r["path"]).with_suffix(".mp4")
             yield {**r, **meta, "path": os.path.relpath(dst, out_root)}
 
     out = Path(a.out) if a.out else out_root / Path(a.index).name

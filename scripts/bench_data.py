@@ -440,11 +440,14 @@ def run_floor(sets: dict[str, Path], args, argv) -> int:
     for source, index_path in sets.items():
         index = VideoIndex(index_path)
         videos = [index[i] for i in range(min(len(index), args.web_videos))]
+        refs_of = {
+            v["abs_path"]: reference_frames(v["abs_path"]) for v in videos
+        }  # a whole decode each: once
         for t in (64, 256):
             samples = []
             for v in videos:
                 path = v["abs_path"]
-                refs = reference_frames(path)
+                refs = refs_of[path]
                 size = scaled_size(v["width"], v["height"], short_side)
                 for r in range(args.rounds):
                     idx = uniform_segment_indices(v["num_frames"], t, np.random.default_rng(r))

@@ -19,7 +19,13 @@ import time
 import numpy as np
 
 from turbo_ds.data.backends.common import clamp
-from turbo_ds.data.backends.pyav_decoder import decoded_frames, frame_table, pts_of, seek_runs
+from turbo_ds.data.backends.pyav_decoder import (
+    decoded_frames,
+    frame_table,
+    keyframe_before,
+    pts_of,
+    seek_runs,
+)
 
 
 def reference_frames(path: str) -> np.ndarray:
@@ -39,10 +45,7 @@ def minimum_frames(wanted: np.ndarray, keyframes: np.ndarray, references: np.nda
     """How many frames a frame-exact decoder must decode to output ``wanted``: the union, over wanted
     frames, of the reference frames from the keyframe before it up to it, and the frame itself."""
     needed = set(int(w) for w in wanted)
-    if len(keyframes) == 0 or keyframes[0] != 0:
-        keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
-    start = keyframes[np.searchsorted(keyframes, wanted, side="right") - 1]
-    for key, w in zip(start, wanted, strict=True):
+    for key, w in zip(keyframe_before(wanted, keyframes), wanted, strict=True):
         lo, hi = np.searchsorted(references, [key, w + 1])
         needed.update(int(r) for r in references[lo:hi])
     return len(needed)

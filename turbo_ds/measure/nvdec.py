@@ -41,22 +41,22 @@ def nearest_frames(thumbs: np.ndarray, reference: np.ndarray) -> tuple[np.ndarra
 
 
 def sample_indices(num_frames: int, seed: int = 0) -> dict[str, list[list[int]]]:
-    """Every sampling's frame indices: caption-like clips (16 frames every 4 at random starts) and
-    uniform frames (one at a random place in each of T equal segments, as the uniform sampler)."""
+    """Every sampling's frame indices, drawn by the loader's own samplers: caption-like clips (16
+    frames every 4 at random starts) and uniform frames (one at a random place in each of T equal
+    segments). Called by ``prepare`` only: ``run`` reads them from samples.json."""
+    from turbo_ds.data.sampling import dense_clip_indices, uniform_segment_indices
+
     rng = np.random.default_rng(seed)
     out = {}
     for name, (t, stride, count) in SAMPLINGS.items():
-        clips = []
-        for _ in range(count):
-            if stride:
-                start = int(rng.integers(0, num_frames - t * stride))
-                clips.append(list(range(start, start + t * stride, stride)))
-            else:
-                edges = np.linspace(0, num_frames, t + 1)
-                clips.append(
-                    [int(a + rng.uniform() * (b - a)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-                )
-        out[name] = clips
+        out[name] = [
+            (
+                dense_clip_indices(num_frames, t, stride, rng)
+                if stride
+                else uniform_segment_indices(num_frames, t, rng)
+            ).tolist()
+            for _ in range(count)
+        ]
     return out
 
 
@@ -71,18 +71,23 @@ def prepare(folder: Path, seconds: int = SECONDS) -> None:
     for gop in GOPS:
         path = folder / f"web480p_g{gop}.mp4"
         write_video(path, synthetic_frames(WIDTH, HEIGHT, n, seed=0), FPS, gop=gop, preset="veryfast", crf=23)
-        with av.open(str(path)) as c:
-            frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-        thumbs = thumbnails(frames)
+        with av.open(str(path)) as c:  # a thumbnail per frame as it is decoded (not 1.8 GB of frames)
+            thumbs = np.concatenate(
+                [thumbnails(f.to_ndarray(format="rgb24")[None]) for f in c.decode(video=0)]
+            )
         np.save(
             folder / f"web480p_g{gop}.thumbs.npy", thumbs.astype(np.float16)
         )  # it travels: half the bytes
         # How far apart neighbouring frames are: a decoded frame counts as the one nearest to it.
         margin = float(np.median(np.abs(thumbs[1:] - thumbs[:-1]).mean(axis=(1, 2))))
-        meta["videos"][path.name] = {"gop": gop, "frames": len(frames), "bytes": path.stat().st_size}
-        meta["videos"][path.name]["neighbour_distance"] = margin
+        meta["videos"][path.name] = {
+            "gop": gop,
+            "frames": len(thumbs),
+            "bytes": path.stat().st_size,
+            "neighbour_distance": margin,
+        }
         print(
-            f"prepare: {path} ({path.stat().st_size / 2**20:.1f} MiB, {len(frames)} frames; "
+            f"prepare: {path} ({path.stat().st_size / 2**20:.1f} MiB, {len(thumbs)} frames; "
             f"neighbouring thumbnails {margin:.3f} apart)",
             flush=True,
         )

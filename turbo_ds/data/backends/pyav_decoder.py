@@ -82,6 +82,13 @@ def frame_table(container, stream, limit: int | None = None) -> tuple[np.ndarray
 SEEK_FRAMES = 8
 
 
+def keyframe_before(wanted: np.ndarray, keyframes: np.ndarray) -> np.ndarray:
+    """The keyframe each wanted frame is decoded from (the stream start counts as one)."""
+    if len(keyframes) == 0 or keyframes[0] != 0:
+        keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
+    return keyframes[np.searchsorted(keyframes, wanted, side="right") - 1]
+
+
 def seek_runs(
     wanted: np.ndarray, keyframes: np.ndarray, sequential: bool | None
 ) -> list[tuple[int, np.ndarray]]:
@@ -90,9 +97,7 @@ def seek_runs(
     frame to the next keyframe skips at most ``SEEK_FRAMES`` frames (dense frames, e.g. hundreds
     sampled uniformly over a short-GOP video, become one pass; clips far apart keep their seeks).
     True: one run; False: never merged."""
-    if len(keyframes) == 0 or keyframes[0] != 0:
-        keyframes = np.concatenate([[0], keyframes]).astype(np.int64)  # a stream start is a seek point
-    start = keyframes[np.searchsorted(keyframes, wanted, side="right") - 1]
+    start = keyframe_before(wanted, keyframes)
     if sequential:
         return [(int(start[0]), wanted)]
     cuts = np.flatnonzero(np.diff(start)) + 1
